@@ -1,0 +1,215 @@
+"""The one training objective both drivers share: a configuration in, validation metrics out.
+
+Only the sampling step differs between Optuna and KerasTuner; everything from building the model to
+choosing the best epoch happens here, so a trial means the same thing under either driver and under
+the final training of `search.train`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from search import metrics
+from search.data import Augment, FERData, Split, make_dataset
+from search.space import TRAINING_DEFAULTS, Space
+
+EpochHook = Callable[[int, dict[str, float]], None]
+"""Called after every epoch with the epoch index (0-based) and its logs, which carry
+`best_val_accuracy` (the best so far). It may raise (e.g. `optuna.TrialPruned`) to stop the trial."""
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot produce a metric (its loss went NaN, say). The search goes on."""
+
+
+@dataclass
+class TrialResult:
+    """What a finished trial reports: the best epoch's validation metrics and the learning curve."""
+
+    value: float  # validation accuracy at the best epoch: the objective
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    model: Any = None  # the keras.Model with the best epoch's weights restored
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+def split_config(config: dict[str, Any], builder_params: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(builder keyword arguments, training settings with their defaults filled in)."""
+    model_kwargs = {k: v for k, v in config.items() if k in builder_params}
+    training = TRAINING_DEFAULTS | {k: v for k, v in config.items() if k in TRAINING_DEFAULTS}
+    return model_kwargs, training
+
+
+class Objective:
+    """Trains configurations of one space on data loaded once per process.
+
+    Args:
+        data: the loaded FER2013 splits (already mapped to the space's labels).
+        space: the search space; its budget gives the epochs and the training subset.
+        seed: seeds Python, NumPy and TensorFlow at the start of every trial.
+        log: where per-epoch progress lines go (`print` by default; None for silence).
+    """
+
+    def __init__(self, data: FERData, space: Space, *, seed: int = 0, log: Callable[[str], None] | None = print):
+        from fer_models import builder_defaults, get_builder
+
+        self.data, self.space, self.seed, self.log = data, space, seed, log
+        self.builder = get_builder(space.model)
+        self.builder_params = set(builder_defaults(space.model))
+        self._subsets: dict[float, Split] = {}
+
+    def train_split(self, subset: float) -> Split:
+        if subset not in self._subsets:  # stratified subsets are cheap but not free: keep them
+            self._subsets[subset] = self.data.subset(subset, seed=self.seed).train
+        return self._subsets[subset]
+
+    def build(self, config: dict[str, Any]):
+        """A compiled model for `config`, in a fresh Keras session."""
+        keras.backend.clear_session()  # memory grows across in-process trials without it
+        keras.utils.set_random_seed(self.seed)
+        model_kwargs, _ = split_config(config, self.builder_params)
+        return self.builder(**model_kwargs, num_classes=self.data.num_classes, seed=self.seed)
+
+    def __call__(
+        self,
+        config: dict[str, Any],
+        *,
+        epochs: int | None = None,
+        subset: float | None = None,
+        on_epoch: EpochHook | None = None,
+        callbacks: list[Any] = (),  # type: ignore[assignment]
+        label: str = "trial",
+        validation: Split | None = None,
+    ) -> TrialResult:
+        """Train `config` and return its best epoch's validation metrics.
+
+        Raises:
+            TrialFailed: the loss became NaN or infinite.
+        """
+        epochs = epochs or self.space.budget.epochs
+        subset = subset or self.space.budget.subset
+        _, training = split_config(config, self.builder_params)
+        started = time.perf_counter()
+        model = self.build(config)
+        train = self.train_split(subset)
+        val = validation or self.data.val
+        augment = Augment(
+            flip=bool(training["flip"]),
+            rotation=float(training["rotation"]),
+            zoom=float(training["zoom"]),
+            shift=float(training["shift"]),
+        )
+        batch_size = int(training["batch_size"])
+        train_ds = make_dataset(train, batch_size=batch_size, training=True, augment=augment, seed=self.seed)
+        val_ds = make_dataset(val, batch_size=256, training=False)
+        best = _BestEpoch(on_epoch=on_epoch, log=self.log, label=label, epochs=epochs, started=started)
+        all_callbacks = [_NanGuard(), best, *_schedule(training["lr_schedule"], epochs), *callbacks]
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            class_weight=self.data.class_weights() if training["class_weights"] else None,
+            callbacks=all_callbacks,
+            verbose=0,
+        )
+        if best.weights is None:
+            raise TrialFailed("training stopped before the first epoch ended")
+        model.set_weights(best.weights)
+        probabilities = model.predict(val_ds, verbose=0)
+        scores = metrics.summary(val.y, probabilities.argmax(axis=1), self.data.num_classes)
+        result_metrics = {
+            "val_accuracy": best.best_accuracy,
+            "val_loss": best.history[best.best_epoch]["val_loss"],
+            "val_macro_f1": scores["macro_f1"],
+            "val_balanced_accuracy": scores["balanced_accuracy"],
+            "best_epoch": best.best_epoch + 1,
+            "epochs_run": len(best.history),
+            "train_images": len(train),
+            "seconds": time.perf_counter() - started,
+            "first_step_seconds": best.first_step_seconds,
+        }
+        return TrialResult(value=best.best_accuracy, metrics=result_metrics, history=best.history, model=model)
+
+
+class _NanGuard(keras.callbacks.Callback):
+    """Fails the trial on the first batch whose loss is NaN or infinite (TerminateOnNaN only stops)."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrialFailed(f"the training loss became {float(loss)} at batch {batch + 1}; "
+                              f"the learning rate may be too high for this configuration")
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+
+class _BestEpoch(keras.callbacks.Callback):
+    """Keeps the best epoch's weights in memory (checkpointing by validation accuracy), records the
+    learning curve, prints one progress line per epoch and hands the epoch to the driver's hook."""
+
+    def __init__(self, *, on_epoch: EpochHook | None, log, label: str, epochs: int, started: float):
+        super().__init__()
+        self.on_epoch, self.log, self.label, self.epochs, self.started = on_epoch, log, label, epochs, started
+        self.history: list[dict[str, float]] = []
+        self.best_accuracy, self.best_epoch, self.weights = -1.0, -1, None
+        self.first_step_seconds: float | None = None
+        self._epoch_started = started
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        if self.first_step_seconds is None:
+            self.first_step_seconds = time.perf_counter() - self.started
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
+        row = {k: logs[k] for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in logs}
+        row["seconds"] = time.perf_counter() - self._epoch_started
+        self.history.append(row)
+        accuracy = row.get("val_accuracy", float("nan"))
+        if not math.isfinite(row.get("val_loss", 0.0)):
+            raise TrialFailed(f"the validation loss became {row['val_loss']} at epoch {epoch + 1}")
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, epoch
+            self.weights = self.model.get_weights()
+        if self.log:
+            self.log(
+                f"{self.label} | epoch {epoch + 1:>3}/{self.epochs} | loss {row.get('loss', float('nan')):.4f} "
+                f"acc {row.get('accuracy', float('nan')):.4f} | val_loss {row.get('val_loss', float('nan')):.4f} "
+                f"val_acc {accuracy:.4f} (best {self.best_accuracy:.4f}) | {row['seconds']:.1f}s"
+            )
+        if self.on_epoch:
+            self.on_epoch(epoch, row | {"best_val_accuracy": self.best_accuracy})
+
+
+def _schedule(kind: str, epochs: int) -> list[Any]:
+    if kind == "constant":
+        return []
+    if kind == "plateau":
+        return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-6)]
+    if kind == "cosine":
+        return [_Cosine(epochs)]
+    raise ValueError(f"lr_schedule {kind!r} is not one of constant, cosine, plateau")
+
+
+class _Cosine(keras.callbacks.Callback):
+    """Cosine decay of the learning rate from its initial value to zero over the trial's epochs."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs, self.base = epochs, None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if self.base is None:
+            self.base = float(self.model.optimizer.learning_rate)
+        self.model.optimizer.learning_rate = self.base * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))

@@ -1,0 +1,167 @@
+"""`python -m search.run --space NAME`: search a space's hyperparameters on FER2013.
+
+Every trial lands in the study storage as it finishes; running the same command again resumes the
+study. At the end it writes results/<study>/trials.csv, best_config.yaml and leaderboard.html.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from search.cli import UsageError, add_data_flags, check_writable, fail, parse_overrides, quiet_tensorflow
+
+DRIVERS = ("optuna", "kerastuner")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.run",
+        description="Search the hyperparameters of a space (spaces/NAME.yaml) on FER2013.",
+        epilog="Run the same command again to resume a study; --fresh starts it over.",
+    )
+    p.add_argument("--space", help="a space name from spaces/ (see --list) or a path to a YAML file")
+    p.add_argument("--list", action="store_true", help="list the spaces and exit")
+    p.add_argument("--driver", choices=DRIVERS, default="optuna", help="search library (default: optuna)")
+    p.add_argument("--trials", type=int, default=20, help="trials the study should hold in all, over every "
+                   "worker and earlier runs (default: 20)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting trials after this long")
+    p.add_argument("--study-name", help="study to create or resume (default: the space name)")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://user@host/db "
+                   "(default: $OPTUNA_STORAGE, else sqlite:///RESULTS/optuna.db)")
+    p.add_argument("--sampler", choices=("tpe", "random", "qmc"), default="tpe", help="default: tpe")
+    p.add_argument("--pruner", choices=("hyperband", "median", "halving", "none"), default="hyperband",
+                   help="prunes on validation accuracy after every epoch (default: hyperband)")
+    p.add_argument("--epochs", type=int, help="most epochs a trial trains (default: the space's budget)")
+    p.add_argument("--min-epochs", type=int, help="no pruning before this epoch (default: the space's)")
+    p.add_argument("--subset", type=float, help="fraction of Training each trial trains on, in (0, 1]")
+    p.add_argument("--fresh", action="store_true", help="delete the study first and start over")
+    p.add_argument("--max-failures", type=int, default=3, help="stop after this many failed trials in a row")
+    p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS", help="trial heartbeat; a trial "
+                   "silent for 3 heartbeats (a dead worker) is marked failed and retried (default: 30)")
+    add_data_flags(p)
+    return p
+
+
+def list_spaces_text() -> str:
+    from search.space import list_spaces, load_space
+
+    lines = []
+    for name in list_spaces():
+        try:
+            space = load_space(name)
+            about = space.description.split(". ")[0].split(":")[0].strip().rstrip(".")
+            lines.append(f"{name:<20} {space.model:<18} {len(space.searchable())} searched  {about}")
+        except Exception as exc:  # one broken file must not hide the others
+            lines.append(f"{name:<20} (invalid: {exc})")
+    return "\n".join(lines)
+
+
+def configure_space(args: argparse.Namespace):
+    """The space with the command line's --set, --labels and budget flags applied."""
+    from search.space import load_space
+
+    space = load_space(args.space)
+    settings = {k: v for k, v in (("epochs", args.epochs), ("min_epochs", args.min_epochs),
+                                  ("subset", args.subset)) if v is not None}
+    if args.labels:
+        settings["labels"] = args.labels
+    if settings:
+        space = space.with_settings(**settings)
+    overrides = parse_overrides(args.overrides)
+    return space.with_fixed(overrides) if overrides else space
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_tensorflow()
+    if args.list:
+        print(list_spaces_text())
+        return 0
+    if not args.space:
+        return fail("give --space NAME (see --list) or a path to a space YAML file")
+    if args.trials < 1:
+        return fail("--trials must be at least 1")
+    from search.data import DataError
+    from search.optuna_driver import SearchStopped, StudyMismatch
+    from search.space import SpaceError
+    from search.storage import StorageError
+
+    try:
+        space = configure_space(args)
+        check_writable(args.results)
+        if args.driver == "kerastuner":
+            from search.kerastuner_driver import main as kerastuner_main
+
+            return kerastuner_main(args, space)
+        return _run_optuna(args, space)
+    except (SpaceError, UsageError, StorageError, StudyMismatch, DataError, SearchStopped) as exc:
+        return fail(str(exc))
+
+
+def _run_optuna(args: argparse.Namespace, space) -> int:
+    from search import records
+    from search.data import load_fer2013
+    from search.objective import Objective
+    from search.optuna_driver import OptunaObjective, make_pruner, make_sampler, open_study, run_search
+    from search.storage import open_storage, redact, resolve_url
+
+    url = resolve_url(args.storage, args.results)
+    storage = open_storage(url, heartbeat=args.heartbeat)
+    study_name = args.study_name or space.name
+    study = open_study(space, study_name=study_name, storage=storage, fresh=args.fresh,
+                       sampler=make_sampler(args.sampler, args.seed), pruner=make_pruner(args.pruner, space))
+    data = load_fer2013(args.data, labels=space.labels, seed=args.seed)
+    print(f"study {study_name!r} in {redact(url)}: {len(study.trials)} trials so far, {args.trials} wanted | "
+          f"{space.model} on {len(data.train)} training images x{space.budget.subset:g}, "
+          f"{data.num_classes} classes, up to {space.budget.epochs} epochs a trial", flush=True)
+    objective = OptunaObjective(Objective(data, space, seed=args.seed, log=_log), space)
+    started, interrupted = time.monotonic(), False
+    try:
+        run_search(study, objective, n_trials=args.trials, timeout=args.timeout,
+                   max_failures=args.max_failures, log=_log)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\ninterrupted: the running trial is marked failed; run the same command to resume", flush=True)
+    finally:
+        paths = records.write_outputs(study, args.results, redact(url))
+        _write_report(study, args.results, redact(url))
+    _print_summary(study, space, paths, time.monotonic() - started)
+    return 130 if interrupted else 0
+
+
+def _write_report(study, results_dir: Path, storage_label: str) -> None:
+    try:
+        from search.report import write_report
+    except ImportError:  # the leaderboard module is optional until it lands
+        return
+    path = write_report(study, results_dir, storage_label=storage_label)
+    print(f"leaderboard: {path}")
+
+
+def _print_summary(study, space, paths: dict[str, Path], seconds: float) -> None:
+    from search import records
+
+    states = records.trials_frame(study)["state"].value_counts().to_dict() if study.trials else {}
+    print(f"\nstudy {study.study_name!r}: {len(study.trials)} trials "
+          f"({', '.join(f'{n} {s.lower()}' for s, n in states.items())}) | this run {seconds / 60:.1f} min")
+    try:
+        best = records.best_trial(study)
+    except ValueError:
+        print("no trial completed yet")
+    else:
+        config = best.user_attrs.get("config", best.params)
+        print(f"best: trial {best.number}, validation accuracy {best.value:.4f}")
+        for note in records.edge_warnings(space, config):
+            print(f"  note: {note}")
+    for what, path in paths.items():
+        print(f"{what}: {path}")
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
