@@ -7,6 +7,7 @@ epoch throws good configurations away. No trial is pruned before the space's `mi
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -143,6 +144,11 @@ def run_search(
     summary, failures = SearchSummary(), 0
     finished: list[optuna.trial.FrozenTrial] = []
     while True:
+        # A dead worker's trial still looks RUNNING until its heartbeat is found stale: fail (and
+        # requeue) those first so they do not hold places in the budget.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
         counted = len(study.get_trials(deepcopy=False, states=BUDGET_STATES))
         if n_trials is not None and counted >= n_trials:
             break
