@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from search.space import CategoricalParam, FloatParam, IntParam, Space, space_from_dict
+from search.space import CategoricalParam, FloatParam, IntParam, Space
 
 METRIC_COLUMNS = ("val_loss", "val_macro_f1", "val_balanced_accuracy", "best_epoch", "epochs_run")
 
@@ -55,7 +55,9 @@ def study_space(study: optuna.Study) -> Space:
     data = study.user_attrs.get("space")
     if data is None:
         raise ValueError(f"study {study.study_name!r} was not created by fer-search: it stores no space")
-    return space_from_dict(data, where=f"study {study.study_name!r}")
+    # Checked against its model builder when the study was created; space_from_dict would check
+    # again and import Keras and TensorFlow, which reports and exports must not wait for.
+    return Space.model_validate({**data, "path": f"study {study.study_name!r}"})
 
 
 def best_trial(study: optuna.Study, rank: int = 1) -> optuna.trial.FrozenTrial:
