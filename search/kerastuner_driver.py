@@ -58,10 +58,11 @@ class _DefaultFirst:
 
     def populate_space(self, trial_id: str) -> dict[str, Any]:
         response = super().populate_space(trial_id)  # type: ignore[misc]
-        values = response.get("values")
-        if response.get("status") == "RUNNING" and not self.trials and "tuner/trial_id" not in values:  # type: ignore[attr-defined]
-            tuner_keys = {k: v for k, v in values.items() if k.startswith("tuner/")}  # Hyperband's bookkeeping
-            response["values"] = dict(self.defaults) | tuner_keys
+        values = response.get("values") or {}
+        first = not self.trials  # type: ignore[attr-defined]
+        if response.get("status") == "RUNNING" and first and "tuner/trial_id" not in values:
+            bookkeeping = {k: v for k, v in values.items() if k.startswith("tuner/")}  # Hyperband's epochs
+            response["values"] = dict(self.defaults) | bookkeeping
         return response
 
 
@@ -107,6 +108,7 @@ def make_oracle(kind: str, space: Space, *, max_trials: int, seed: int) -> kt.Or
         # hyperparameter, 39 for baseline_cnn) outlasts most budgets; 5 as the Optuna driver's TPE
         oracle = BayesianOracle(max_trials=max_trials, num_initial_points=5, **common)
     elif kind == "hyperband":
+        # hyperband_iterations=None: brackets without end, --trials bounds the search
         oracle = HyperbandOracle(max_epochs=space.budget.epochs, factor=3, hyperband_iterations=None,
                                  min_epochs=space.budget.min_epochs, **common)
         oracle.max_trials = max_trials  # --trials bounds Hyperband too (promotions count as trials)
@@ -175,10 +177,11 @@ class FerTuner(kt.Tuner):
             "default_point": trial.trial_id == self.oracle.start_order[0],
             "datetime_start": _now(),
         }
-        if "tuner/epochs" in hp.values:
-            outcome["hyperband"] = {k.removeprefix("tuner/"): v for k, v in hp.values.items() if k.startswith("tuner/")}
-            if "tuner/trial_id" in hp.values:
-                self.log(f"trial {int(trial.trial_id)} | Hyperband promotes trial {int(hp.values['tuner/trial_id'])}'s "
+        bookkeeping = {k.removeprefix("tuner/"): v for k, v in hp.values.items() if k.startswith("tuner/")}
+        if bookkeeping:  # Hyperband's epochs, initial_epoch, bracket, round and the trial it promotes
+            outcome["hyperband"] = bookkeeping
+            if "trial_id" in bookkeeping:
+                self.log(f"trial {int(trial.trial_id)} | Hyperband promotes trial {int(bookkeeping['trial_id'])}'s "
                          f"configuration to {epochs} epochs (trained again from scratch)")
         self._outcomes[trial.trial_id] = outcome
 
@@ -254,7 +257,7 @@ class TrialTable:
         # from the end: in a shared study an Optuna worker may have added a trial since
         for t in reversed(self.study.get_trials(deepcopy=False)):
             attrs = t.user_attrs
-            if attrs.get("kerastuner_trial_id") == trial_id and attrs.get("kerastuner_project") == self.project_id:
+            if (attrs.get("kerastuner_trial_id"), attrs.get("kerastuner_project")) == (trial_id, self.project_id):
                 return t
         raise LookupError(f"KerasTuner trial {trial_id} was added to study {self.study.study_name!r} but is not there")
 
