@@ -6,9 +6,12 @@ the final training of `search.train`.
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import keras
@@ -87,9 +90,12 @@ class Objective:
         on_epoch: EpochHook | None = None,
         callbacks: list[Any] = (),  # type: ignore[assignment]
         label: str = "trial",
-        validation: Split | None = None,
+        checkpoint_dir: Path | None = None,
     ) -> TrialResult:
         """Train `config` and return its best epoch's validation metrics.
+
+        With `checkpoint_dir`, every epoch is checkpointed there (the model and optimizer state,
+        the best epoch's weights and the learning curve) and an interrupted run resumes from it.
 
         Raises:
             TrialFailed: the loss became NaN or infinite.
@@ -100,7 +106,7 @@ class Objective:
         started = time.perf_counter()
         model = self.build(config)
         train = self.train_split(subset)
-        val = validation or self.data.val
+        val = self.data.val
         augment = Augment(
             flip=bool(training["flip"]),
             rotation=float(training["rotation"]),
@@ -110,14 +116,21 @@ class Objective:
         batch_size = int(training["batch_size"])
         train_ds = make_dataset(train, batch_size=batch_size, training=True, augment=augment, seed=self.seed)
         val_ds = make_dataset(val, batch_size=256, training=False)
-        best = _BestEpoch(on_epoch=on_epoch, log=self.log, label=label, epochs=epochs, started=started)
+        best = _BestEpoch(on_epoch=on_epoch, log=self.log, label=label, epochs=epochs, started=started,
+                          checkpoint_dir=checkpoint_dir)
         all_callbacks = [_NanGuard(), best, *_schedule(training["lr_schedule"], epochs), *callbacks]
+        if checkpoint_dir is not None:
+            model.optimizer.build(model.trainable_variables)  # else saved optimizer state is skipped
+            best.resume(model)
+            # after _BestEpoch, so the curve and the best weights are on disk before the epoch counts as done
+            all_callbacks.append(keras.callbacks.BackupAndRestore(str(Path(checkpoint_dir) / "backup")))
         model.fit(
             train_ds,
             validation_data=val_ds,
             epochs=epochs,
             class_weight=self.data.class_weights() if training["class_weights"] else None,
             callbacks=all_callbacks,
+            shuffle=False,  # the dataset shuffles itself, every epoch
             verbose=0,
         )
         if best.weights is None:
@@ -156,13 +169,37 @@ class _BestEpoch(keras.callbacks.Callback):
     """Keeps the best epoch's weights in memory (checkpointing by validation accuracy), records the
     learning curve, prints one progress line per epoch and hands the epoch to the driver's hook."""
 
-    def __init__(self, *, on_epoch: EpochHook | None, log, label: str, epochs: int, started: float):
+    def __init__(self, *, on_epoch: EpochHook | None, log, label: str, epochs: int, started: float,
+                 checkpoint_dir: Path | None = None):
         super().__init__()
         self.on_epoch, self.log, self.label, self.epochs, self.started = on_epoch, log, label, epochs, started
         self.history: list[dict[str, float]] = []
         self.best_accuracy, self.best_epoch, self.weights = -1.0, -1, None
         self.first_step_seconds: float | None = None
         self._epoch_started = started
+        self.dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+
+    def resume(self, model) -> None:
+        """Take up the curve and the best weights a checkpointed run left behind."""
+        state_file = self.dir / "state.json"
+        if not state_file.exists():
+            return
+        state = json.loads(state_file.read_text())
+        self.history, self.best_accuracy, self.best_epoch = state["history"], state["best_accuracy"], state["best_epoch"]
+        model.load_weights(self.dir / "best.weights.h5")
+        self.weights = model.get_weights()
+        if self.log:
+            self.log(f"{self.label} | resuming after epoch {len(self.history)} (best {self.best_accuracy:.4f} "
+                     f"at epoch {self.best_epoch + 1})")
+
+    def _save(self, improved: bool) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if improved:
+            self.model.save_weights(self.dir / "best-partial.weights.h5")
+            os.replace(self.dir / "best-partial.weights.h5", self.dir / "best.weights.h5")
+        state = {"history": self.history, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch}
+        (self.dir / "state.tmp.json").write_text(json.dumps(state))
+        os.replace(self.dir / "state.tmp.json", self.dir / "state.json")
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         if self.first_step_seconds is None:
@@ -170,6 +207,7 @@ class _BestEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch_started = time.perf_counter()
+        del self.history[epoch:]  # an epoch interrupted after its curve was saved runs again
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
@@ -179,9 +217,12 @@ class _BestEpoch(keras.callbacks.Callback):
         accuracy = row.get("val_accuracy", float("nan"))
         if not math.isfinite(row.get("val_loss", 0.0)):
             raise TrialFailed(f"the validation loss became {row['val_loss']} at epoch {epoch + 1}")
-        if accuracy > self.best_accuracy:
+        improved = accuracy > self.best_accuracy
+        if improved:
             self.best_accuracy, self.best_epoch = accuracy, epoch
             self.weights = self.model.get_weights()
+        if self.dir is not None:
+            self._save(improved)
         if self.log:
             self.log(
                 f"{self.label} | epoch {epoch + 1:>3}/{self.epochs} | loss {row.get('loss', float('nan')):.4f} "

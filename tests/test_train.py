@@ -1,0 +1,80 @@
+"""search.train: final training on a small real slice, test metrics on PrivateTest only, resume."""
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from search import run, train
+from search.data import load_fer2013
+from search.space import load_space
+
+
+def test_final_training_writes_everything_and_tests_on_privatetest_only(fer_slice, tmp_path):
+    code = train.main(["--config", "baseline_cnn", "--data", str(fer_slice), "--results", str(tmp_path),
+                       "--epochs", "2", "--set", "batch_size=32"])
+    assert code == 0
+    out = tmp_path / "baseline_cnn" / "final"
+    assert {p.name for p in out.iterdir()} == {"model.keras", "metrics.json", "config.yaml", "report.html"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    data = load_fer2013(fer_slice)
+    assert metrics["class_names"] == list(data.class_names)
+    assert metrics["test"]["n"] == len(data.test) == 150 and metrics["val"]["n"] == len(data.val)
+
+    # The saved model works without fer-search: raw 0..255 pixels in, one probability per class out,
+    # and the reported test accuracy is its accuracy on the PrivateTest rows.
+    model = keras.models.load_model(out / "model.keras")
+    probs = model.predict(data.test.x.astype("float32"), verbose=0)
+    assert probs.shape == (150, len(metrics["class_names"]))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-4)
+    assert metrics["test"]["accuracy"] == pytest.approx(float(np.mean(probs.argmax(1) == data.test.y)))
+    assert sum(c["support"] for c in metrics["per_class"].values()) == 150
+    assert np.array(metrics["confusion_matrix"]).sum() == 150
+    assert 0 < metrics["majority_baseline"] < 1 and len(metrics["history"]) == 2
+
+    page = (out / "report.html").read_text()
+    assert "Confusion matrix on PrivateTest" in page and "Training curves" in page
+    assert load_space(out / "config.yaml").defaults() == load_space("baseline_cnn").defaults() | {"batch_size": 32}
+
+
+def test_exported_best_config_round_trips_into_final_training(fer_slice, tmp_path):
+    db = f"sqlite:///{tmp_path}/optuna.db"
+    assert run.main(["--space", "baseline_cnn", "--data", str(fer_slice), "--results", str(tmp_path),
+                     "--storage", db, "--trials", "1", "--epochs", "1", "--min-epochs", "1"]) == 0
+    best = tmp_path / "baseline_cnn" / "best_config.yaml"
+    assert train.main(["--config", str(best), "--data", str(fer_slice), "--results", str(tmp_path / "t"),
+                       "--epochs", "1"]) == 0
+    metrics = json.loads((tmp_path / "t" / "baseline_cnn" / "final" / "metrics.json").read_text())
+    assert metrics["source"]["study"] == "baseline_cnn" and metrics["source"]["trial"] == 0
+    assert metrics["config"] == load_space(best).defaults()
+
+
+def test_interrupted_final_training_resumes_from_its_checkpoint(fer_slice, tmp_path):
+    class StopAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    from search.objective import Objective
+
+    space = load_space("baseline_cnn").with_fixed({"batch_size": 32})
+    data = load_fer2013(fer_slice)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        Objective(data, space, log=None)(space.defaults(), epochs=4, checkpoint_dir=ckpt,
+                                          callbacks=[StopAfterSecondEpoch()])
+    state = json.loads((ckpt / "state.json").read_text())
+    assert len(state["history"]) == 2
+
+    lines: list[str] = []
+    result = Objective(data, space, log=lines.append)(space.defaults(), epochs=4, checkpoint_dir=ckpt)
+    assert lines[0].startswith("final | resuming after epoch 2") or "resuming after epoch 2" in lines[0]
+    assert [line.split("|")[1].strip().split()[1] for line in lines[1:]] == ["3/4", "4/4"]
+    assert len(result.history) == 4 and result.history[:2] == state["history"]
+
+
+def test_bad_config_is_a_clear_error(tmp_path, capsys):
+    assert train.main(["--config", str(tmp_path / "missing.yaml"), "--results", str(tmp_path)]) == 2
+    assert f"space file {tmp_path / 'missing.yaml'} does not exist" in capsys.readouterr().err
