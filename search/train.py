@@ -103,8 +103,16 @@ def evaluation(data, val_prob: np.ndarray, test_prob: np.ndarray, tta_prob: np.n
     """Validation and test metrics, per-class precision and recall, and the majority-class baseline."""
     from search import metrics as m
 
+    from search.data import EMOTIONS, LABEL_MAPS
+
     k = data.num_classes
     majority = int(np.bincount(data.train.y, minlength=k).argmax())
+    collapsed = {}
+    if tuple(data.class_names) == EMOTIONS:
+        # The 7-class model's answers grouped as fer4, to set beside a model trained on fer4 itself.
+        fer4 = LABEL_MAPS["fer4"]
+        collapsed["test_collapsed_fer4"] = m.summary(
+            fer4.lookup[data.test.y], fer4.lookup[test_prob.argmax(axis=1)], fer4.num_classes)
     cm = m.confusion_matrix(data.test.y, test_prob.argmax(axis=1), k)
     per_class = m.per_class(cm)
     return {
@@ -119,6 +127,7 @@ def evaluation(data, val_prob: np.ndarray, test_prob: np.ndarray, tta_prob: np.n
             for i, name in enumerate(data.class_names)
         },
         "confusion_matrix": cm.tolist(),
+        **collapsed,
     }
 
 

@@ -33,6 +33,12 @@ def test_final_training_writes_everything_and_tests_on_privatetest_only(fer_slic
     assert sum(c["support"] for c in metrics["per_class"].values()) == 150
     assert np.array(metrics["confusion_matrix"]).sum() == 150
     assert 0 < metrics["majority_baseline"] < 1 and len(metrics["history"]) == 2
+    from search.data import LABEL_MAPS
+
+    fer4 = LABEL_MAPS["fer4"].lookup
+    grouped = float(np.mean(fer4[probs.argmax(1)] == fer4[data.test.y]))
+    assert metrics["test_collapsed_fer4"]["accuracy"] == pytest.approx(grouped)
+    assert grouped >= metrics["test"]["accuracy"]  # grouping can only merge mistakes into hits
 
     page = (out / "report.html").read_text()
     assert "Confusion matrix on PrivateTest" in page and "Training curves" in page
