@@ -94,7 +94,7 @@ def edge_warnings(space: Space, config: dict[str, Any]) -> list[str]:
         value = config[name]
         if isinstance(p, (FloatParam, IntParam)):
             low, high, _ = p.bounds(config) if isinstance(p, FloatParam) else (p.low, p.high, None)
-            if low == high:
+            if low == high or value == low == 0:  # 0 is "off" (no zoom, no shift): no range lies below it
                 continue
             span = (math.log(high) - math.log(low)) if p.log else (high - low)
             pos = (math.log(value) - math.log(low)) / span if p.log else (value - low) / span
