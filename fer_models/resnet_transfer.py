@@ -80,12 +80,13 @@ def imagenet_weights_path() -> Path:
             f"from {IMAGENET_NOTOP_URL} ({error}).{stale} Fix one of: put {IMAGENET_NOTOP_FILE} "
             f"in {target.parent}/ (Keras's cache; KERAS_HOME moves it); or pass "
             "weights=/path/to/that_file.h5 (on the command line: --set weights=/path/file.h5); "
-            "or pass weights=None to train from scratch."
+            "or pass weights=None (--set weights=null) to train from scratch."
         ) from error
     return Path(path)
 
 
-def _resolve_weights(weights: object) -> Path | None:
+def resolve_weights(weights: object) -> Path | None:
+    """The weights file `weights` names ('imagenet', a path or None), or a clear error now."""
     if weights is None:
         return None
     if weights == "imagenet":
@@ -213,7 +214,7 @@ def build_resnet50_transfer(
     opt = make_optimizer(
         optimizer, learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay
     )
-    weights_path = _resolve_weights(weights)
+    weights_path = resolve_weights(weights)
     check_seed(seed)
 
     base = keras.applications.ResNet50(
@@ -238,6 +239,7 @@ def build_resnet50_transfer(
     x = layers.Dropout(dropout, name="head_dropout1")(x)
     x = layers.Dense(dense2, activation="relu", name="head_dense2")(x)
     x = layers.Dropout(dropout, name="head_dropout2")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 even under a mixed-precision policy: a bfloat16 softmax rounds probabilities to 3 digits
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="resnet50_transfer")
     return compile_classifier(model, opt)

@@ -21,6 +21,10 @@ from search import metrics
 from search.data import Augment, FERData, Split, make_dataset
 from search.space import TRAINING_DEFAULTS, Space
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+"""Keras dtype policies a trial may train under: mixed_bfloat16 for CPUs with AVX512_BF16/AMX (and
+TPUs), mixed_float16 for GPUs. The output layer stays float32, so probabilities are float32 either way."""
+
 EpochHook = Callable[[int, dict[str, float]], None]
 """Called after every epoch with the epoch index (0-based) and its logs, which carry
 `best_val_accuracy` (the best so far). It may raise (e.g. `optuna.TrialPruned`) to stop the trial."""
@@ -59,15 +63,31 @@ class Objective:
         space: the search space; its budget gives the epochs and the training subset.
         seed: seeds Python, NumPy and TensorFlow at the start of every trial.
         log: where per-epoch progress lines go (`print` by default; None for silence).
+        precision: the Keras dtype policy models are built under, one of `PRECISIONS`.
+        jit: XLA-compile the training step (True), never (False), or Keras's choice (None: XLA on
+            GPUs, not on CPUs, where it measured slower for these models; see docs/performance.md).
     """
 
-    def __init__(self, data: FERData, space: Space, *, seed: int = 0, log: Callable[[str], None] | None = print):
+    def __init__(self, data: FERData, space: Space, *, seed: int = 0, log: Callable[[str], None] | None = print,
+                 precision: str = "float32", jit: bool | None = None):
         from fer_models import builder_defaults, get_builder
 
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.data, self.space, self.seed, self.log = data, space, seed, log
+        self.precision, self.jit = precision, jit
         self.builder = get_builder(space.model)
         self.builder_params = set(builder_defaults(space.model))
         self._subsets: dict[float, Split] = {}
+        self.preflight()
+
+    def preflight(self) -> None:
+        """Fail before any trial on what would fail every trial: pretrained weights that cannot be had."""
+        weights = self.space.defaults().get("weights")
+        if "weights" in self.builder_params and weights is not None:
+            from fer_models.resnet_transfer import resolve_weights
+
+            resolve_weights(weights)
 
     def train_split(self, subset: float) -> Split:
         if subset not in self._subsets:  # stratified subsets are cheap but not free: keep them
@@ -75,11 +95,34 @@ class Objective:
         return self._subsets[subset]
 
     def build(self, config: dict[str, Any]):
-        """A compiled model for `config`, in a fresh Keras session."""
+        """A compiled model for `config`, in a fresh Keras session, under the objective's precision."""
         keras.backend.clear_session()  # memory grows across in-process trials without it
         keras.utils.set_random_seed(self.seed)
         model_kwargs, _ = split_config(config, self.builder_params)
-        return self.builder(**model_kwargs, num_classes=self.data.num_classes, seed=self.seed)
+        # Layers take the global policy when they are built; restore it so nothing else in the
+        # process (another objective, a test) inherits this one's precision.
+        keras.mixed_precision.set_global_policy(self.precision)
+        try:
+            model = self.builder(**model_kwargs, num_classes=self.data.num_classes, seed=self.seed)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        if self.jit is not None:
+            model.jit_compile = self.jit  # read when fit() first traces the training step
+        return model
+
+    def datasets(self, config: dict[str, Any], subset: float | None = None):
+        """(training, validation) tf.data pipelines for `config`: its batch size and augmentation."""
+        _, training = split_config(config, self.builder_params)
+        augment = Augment(
+            flip=bool(training["flip"]),
+            rotation=float(training["rotation"]),
+            zoom=float(training["zoom"]),
+            shift=float(training["shift"]),
+        )
+        train = self.train_split(subset or self.space.budget.subset)
+        train_ds = make_dataset(train, batch_size=int(training["batch_size"]), training=True, augment=augment,
+                                seed=self.seed)
+        return train_ds, make_dataset(self.data.val, batch_size=256, training=False)
 
     def __call__(
         self,
@@ -105,22 +148,15 @@ class Objective:
         _, training = split_config(config, self.builder_params)
         started = time.perf_counter()
         model = self.build(config)
-        train = self.train_split(subset)
-        val = self.data.val
-        augment = Augment(
-            flip=bool(training["flip"]),
-            rotation=float(training["rotation"]),
-            zoom=float(training["zoom"]),
-            shift=float(training["shift"]),
-        )
-        batch_size = int(training["batch_size"])
-        train_ds = make_dataset(train, batch_size=batch_size, training=True, augment=augment, seed=self.seed)
-        val_ds = make_dataset(val, batch_size=256, training=False)
+        train, val = self.train_split(subset), self.data.val
+        train_ds, val_ds = self.datasets(config, subset)
         best = _BestEpoch(on_epoch=on_epoch, log=self.log, label=label, epochs=epochs, started=started,
                           checkpoint_dir=checkpoint_dir)
         all_callbacks = [_NanGuard(), best, *_schedule(training["lr_schedule"], epochs), *callbacks]
+        # Optimizer variables made inside the first training step make TensorFlow trace the step
+        # twice (about a second a trial here), and a checkpoint would skip their saved state.
+        model.optimizer.build(model.trainable_variables)
         if checkpoint_dir is not None:
-            model.optimizer.build(model.trainable_variables)  # else saved optimizer state is skipped
             best.resume(model)
             # after _BestEpoch, so the curve and the best weights are on disk before the epoch counts as done
             all_callbacks.append(keras.callbacks.BackupAndRestore(str(Path(checkpoint_dir) / "backup")))

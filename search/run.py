@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail("give --space NAME (see --list) or a path to a space YAML file")
     if args.trials < 1:
         return fail("--trials must be at least 1")
+    from fer_models.resnet_transfer import WeightsUnavailableError
     from search.data import DataError
     from search.optuna_driver import SearchStopped, StudyMismatch
     from search.space import SpaceError
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return kerastuner_main(args, space)
         return _run_optuna(args, space)
-    except (SpaceError, UsageError, StorageError, StudyMismatch, DataError, SearchStopped) as exc:
+    except (SpaceError, UsageError, StorageError, StudyMismatch, DataError, SearchStopped,
+            WeightsUnavailableError, FileNotFoundError) as exc:
         return fail(str(exc))
 
 
@@ -108,6 +110,9 @@ def _run_optuna(args: argparse.Namespace, space) -> int:
     from search.optuna_driver import OptunaObjective, make_pruner, make_sampler, open_study, run_search
     from search.storage import open_storage, redact, resolve_url
 
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what its INFO lines say
     url = resolve_url(args.storage, args.results)
     storage = open_storage(url, heartbeat=args.heartbeat)
     study_name = args.study_name or space.name

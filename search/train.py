@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
+    from fer_models.resnet_transfer import WeightsUnavailableError
     from search.data import DataError
     from search.space import SpaceError, load_space
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(out)
         metrics = train_final(space, out, data_path=args.data, epochs=args.epochs or space.budget.epochs,
                               seed=args.seed, fresh=args.fresh)
-    except (SpaceError, DataError, UsageError) as exc:
+    except (SpaceError, DataError, UsageError, WeightsUnavailableError, FileNotFoundError) as exc:
         return fail(str(exc))
     print(f"validation accuracy {metrics['val']['accuracy']:.4f} | test accuracy {metrics['test']['accuracy']:.4f}"
           f" (macro-F1 {metrics['test']['macro_f1']:.4f}; flip TTA {metrics['test_flip_tta']['accuracy']:.4f};"

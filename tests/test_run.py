@@ -206,3 +206,16 @@ def test_a_killed_search_keeps_its_finished_trials_and_resumes(fer_slice, tmp_pa
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]
     assert retried and retried[0].params == study.trials[1].params
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
+
+
+def test_unobtainable_imagenet_weights_stop_the_search_before_any_trial(fer_slice, tmp_path, monkeypatch, capsys):
+    import fer_models.resnet_transfer as resnet
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))  # no cached weights file
+    monkeypatch.setattr(resnet, "IMAGENET_NOTOP_URL", "http://127.0.0.1:9/resnet50_notop.h5")  # refused
+    db = f"sqlite:///{tmp_path}/o.db"
+    assert run.main(["--space", "resnet_unfreeze", "--data", str(fer_slice), "--results", str(tmp_path),
+                     "--storage", db]) == 2
+    err = capsys.readouterr().err
+    assert "could not download the ResNet50 ImageNet weights" in err and "--set weights=null" in err
+    assert all(t.state == TrialState.WAITING for t in load(db, "resnet_unfreeze").trials)  # nothing ran
