@@ -97,6 +97,7 @@ def build_baseline_cnn(
         units = max(min(dense_units, MIN_DENSE_UNITS), dense_units // 2**i)
         x = layers.Dense(units, activation="relu", name=f"dense{i + 1}")(x)
         x = layers.Dropout(dense_dropout, name=f"dense{i + 1}_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
+    # float32 even under a mixed-precision policy: a bfloat16 softmax rounds probabilities to 3 digits
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="baseline_cnn")
     return compile_classifier(model, opt)
