@@ -1,0 +1,150 @@
+"""What a trial costs beyond its training: throughput inside a trial against a plain model.fit
+(target 2), the overhead per trial and the framework's share of a short trial (target 3), and the
+input pipeline alone against what training consumes (target 6).
+
+    python benchmarks/bench_trial.py --data PATH [--subset 0.25] [--epochs 3] [--rounds 2]
+
+Everything runs in one process, side by side: the plain fit and the trial build the same model
+(the space's default point) and read the same tf.data pipeline (`Objective.datasets`), in
+alternating order, so a shared machine's load falls on both. Prints figures; asserts nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+import benchlib
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    benchlib.add_data_flag(p)
+    p.add_argument("--space", default="baseline_cnn", help="space whose default point is trained")
+    p.add_argument("--subset", type=float, default=0.25, help="fraction of Training (default: 0.25)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per throughput run; the first (tracing) "
+                   "is left out (default: 3)")
+    p.add_argument("--rounds", type=int, default=2, help="plain-fit/trial pairs, order alternating (default: 2)")
+    p.add_argument("--framework-epochs", type=int, default=2, help="epochs of the trial whose framework "
+                   "share is measured (default: 2)")
+    args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error("--epochs must be at least 2: the first epoch traces and is not timed")
+
+    with benchlib.Machine("bench_trial"):
+        import optuna
+
+        from search.data import load_fer2013
+        from search.objective import Objective
+        from search.optuna_driver import OptunaObjective
+        from search.optuna_sampling import enqueue_params
+        from search.space import load_space
+
+        space = load_space(args.space).with_settings(subset=args.subset, epochs=args.epochs, min_epochs=1)
+        load_fer2013(args.data, labels=space.labels)  # make sure the cache exists before timing it
+        started = time.perf_counter()
+        data = load_fer2013(args.data, labels=space.labels)
+        load_seconds = time.perf_counter() - started
+        objective = Objective(data, space, log=None)
+        config = space.defaults()
+        n = len(objective.train_split(args.subset))
+        print(f"workload   {space.model} default point, batch {config['batch_size']}, {n} training images "
+              f"({args.subset:g} of {len(data.train)}), validation {len(data.val)}")
+        print(f"data load  {load_seconds:.3f} s (cached arrays; the CSV parse is in bench_data_load.py)")
+
+        pipeline = pipeline_rate(objective, config, args.subset)
+        plain, trial, first_begin, first_end = [], [], [], []
+        for r in range(args.rounds):
+            for kind in (("plain", "trial") if r % 2 == 0 else ("trial", "plain")):
+                if kind == "plain":
+                    seconds = plain_fit(objective, config, args.subset, args.epochs)
+                    plain += seconds
+                else:
+                    seconds, begin, end = trial_fit(objective, config, args.subset, args.epochs)
+                    trial += seconds
+                    first_begin.append(begin)
+                    first_end.append(end)
+                print(f"  round {r + 1} {kind:<5} steady epochs (train + validation): "
+                      f"{', '.join(f'{s:.2f}' for s in seconds)} s", flush=True)
+
+        plain_rate, trial_rate = n / benchlib.median(plain), n / benchlib.median(trial)
+        print(f"\n[2] training throughput, median steady epoch (validation included): plain model.fit "
+              f"{plain_rate:.0f} images/s, inside a trial {trial_rate:.0f} images/s: "
+              f"ratio {trial_rate / plain_rate:.3f} (target >= 0.95)")
+        print(f"[3] overhead per trial, data loaded: trial start to first training step "
+              f"{benchlib.median(first_begin):.2f} s, to the end of the first step (its tracing included) "
+              f"{benchlib.median(first_end):.2f} s (target <= 3 s)")
+
+        epoch_compute = benchlib.median(plain)
+        short = space.with_settings(epochs=args.framework_epochs, min_epochs=1)
+        wall, recorded = optuna_trial(Objective(data, short, log=None), short, enqueue_params(short), optuna)
+        framework = wall - args.framework_epochs * epoch_compute
+        print(f"[3] framework share of a {args.framework_epochs}-epoch trial on {args.subset:g} of Training, "
+              f"through Optuna with SQLite storage: wall {wall:.2f} s, of which {args.framework_epochs} steady "
+              f"epochs of compute {args.framework_epochs * epoch_compute:.2f} s; framework (building, tracing, "
+              f"final metrics, recording) {framework:.2f} s = {100 * framework / wall:.1f}% (target <= 5%)")
+        print(f"    writing trials.csv + best_config.yaml + leaderboard.html once per run: {recorded:.2f} s")
+        print(f"[6] input pipeline alone (gather, cast, flip + rotation, batch): {pipeline:.0f} images/s = "
+              f"{pipeline / plain_rate:.1f}x what plain training consumes (target >= 10x)")
+    return 0
+
+
+def pipeline_rate(objective, config, subset: float, epochs: int = 3) -> float:
+    """Images/s of the trial's training pipeline iterated alone; the first pass warms it up."""
+    train_ds, _ = objective.datasets(config, subset)
+    rates = []
+    for epoch in range(epochs + 1):
+        started, images = time.perf_counter(), 0
+        for _, labels in train_ds:
+            images += int(labels.shape[0])
+        if epoch:
+            rates.append(images / (time.perf_counter() - started))
+    return benchlib.median(rates)
+
+
+def plain_fit(objective, config, subset: float, epochs: int) -> list[float]:
+    """Steady epoch seconds of model.fit on the trial's model and pipeline, with nothing added."""
+    model = objective.build(config)
+    train_ds, val_ds = objective.datasets(config, subset)
+    timer = benchlib.epoch_timer()
+    model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=[timer], shuffle=False, verbose=0)
+    return timer.epoch_seconds[1:]
+
+
+def trial_fit(objective, config, subset: float, epochs: int) -> tuple[list[float], float, float]:
+    """(steady epoch seconds, seconds to the first step's start, to its end) of one trial."""
+    timer = benchlib.epoch_timer(per_batch=True)
+    started = time.perf_counter()
+    result = objective(config, epochs=epochs, subset=subset, callbacks=[timer])
+    return timer.epoch_seconds[1:], result.metrics["first_step_seconds"], timer.first_step_end - started
+
+
+def optuna_trial(objective, space, params: dict, optuna) -> tuple[float, float]:
+    """(wall seconds of one trial run by study.optimize on a SQLite study, seconds to write the
+    run's outputs)."""
+    from search import records
+    from search.optuna_driver import OptunaObjective
+
+    with tempfile.TemporaryDirectory(prefix="fer-bench-trial-") as tmp:
+        study = optuna.create_study(storage=f"sqlite:///{tmp}/optuna.db", study_name="bench",
+                                    direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        study.set_user_attr("space", space.model_dump(mode="json", exclude_none=True))
+        study.enqueue_trial(params)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        started = time.perf_counter()
+        study.optimize(OptunaObjective(objective, space), n_trials=1)
+        wall = time.perf_counter() - started
+        started = time.perf_counter()
+        records.write_outputs(study, tmp, "bench")
+        try:
+            from search.report import write_report
+
+            write_report(study, tmp, storage_label="bench")
+        except ImportError:
+            pass
+        return wall, time.perf_counter() - started
+
+
+if __name__ == "__main__":
+    sys.exit(main())
