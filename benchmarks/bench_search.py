@@ -1,0 +1,129 @@
+"""Search efficiency on real FER2013 (target 1): the default search against random search without
+pruning, over the same trials, epochs and training subset.
+
+    python benchmarks/bench_search.py --data PATH [--trials 12] [--epochs 9] [--subset 0.25]
+
+Each arm is the real command line, `python -m search.run`, in a subprocess, on one SQLite file in
+--workdir (a temporary folder unless given). The figures are read back from the stored trials:
+an arm's cost in epoch-equivalents (one = one pass over all of Training) is the sum over its trials
+of epochs run x subset, and its result is its best validation accuracy. Cost and accuracy do not
+depend on the machine's load; the wall times printed beside them do.
+
+With a kept --workdir, running the same command again resumes an unfinished arm and reuses a
+finished one (its wall time then reads "reused").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import benchlib
+
+ARMS = {
+    "default": [],  # the CLI's defaults: TPE sampler, Hyperband pruner, the space's min_epochs
+    "random": ["--sampler", "random", "--pruner", "none"],
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    benchlib.add_data_flag(p)
+    p.add_argument("--space", default="baseline_cnn")
+    p.add_argument("--trials", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=9, help="most epochs a trial trains (default: 9)")
+    p.add_argument("--subset", type=float, default=0.25, help="fraction of Training (default: 0.25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arms", default="default,random", help=f"comma-separated, of: {', '.join(ARMS)}")
+    p.add_argument("--workdir", type=Path, help="keep the studies and outputs here (default: a temp folder)")
+    p.add_argument("--extra", default="", help="more search.run flags for the default arm, e.g. '--min-epochs 2'")
+    args = p.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        p.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+
+    import tempfile
+
+    with benchlib.Machine("bench_search"), tempfile.TemporaryDirectory(prefix="fer-bench-search-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        storage = f"sqlite:///{workdir.resolve()}/optuna.db"
+        print(f"budget     {args.space}: {args.trials} trials, at most {args.epochs} epochs, subset {args.subset:g}, "
+              f"seed {args.seed}; studies in {storage}", flush=True)
+        results = {}
+        for arm in arms:
+            flags = ARMS[arm] + (args.extra.split() if arm == "default" else [])
+            command = [sys.executable, "-m", "search.run", "--space", args.space, "--trials", str(args.trials),
+                       "--epochs", str(args.epochs), "--subset", str(args.subset), "--seed", str(args.seed),
+                       "--study-name", f"bench-{arm}", "--storage", storage, "--results", str(workdir), *flags]
+            if args.data:
+                command += ["--data", args.data]
+            before = count_finished(storage, f"bench-{arm}")
+            print(f"\n$ {' '.join(command[1:])}", flush=True)
+            started = time.perf_counter()
+            log = workdir / f"{arm}.log"
+            with open(log, "a") as out:
+                code = subprocess.call(command, cwd=benchlib.REPO, stdout=out, stderr=subprocess.STDOUT)
+            wall = time.perf_counter() - started
+            if code != 0:
+                print(f"arm {arm} exited with {code}; see {log}")
+                return 1
+            results[arm] = summarize(storage, f"bench-{arm}", args.subset)
+            results[arm]["wall"] = None if before >= args.trials else wall
+            print_arm(arm, results[arm])
+
+        if {"default", "random"} <= results.keys():
+            d, r = results["default"], results["random"]
+            print(f"\n[1] default search: best {d['best']:.4f} with {d['ee']:.2f} epoch-equivalents; random without "
+                  f"pruning: best {r['best']:.4f} with {r['ee']:.2f}. Accuracy gap {100 * (d['best'] - r['best']):+.1f} "
+                  f"points (target >= -1.0), {r['ee'] / d['ee']:.2f}x fewer epoch-equivalents (target >= 3x)")
+        (workdir / "bench_search.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def count_finished(storage: str, name: str) -> int:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        return 0
+    return sum(t.state.is_finished() for t in study.trials)
+
+
+def summarize(storage: str, name: str, subset: float) -> dict:
+    """Per-trial epochs, state and value, the arm's epoch-equivalents and best value."""
+    import optuna
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    trials = []
+    for t in study.trials:
+        epochs = len(t.user_attrs.get("history") or [])
+        trials.append({"number": t.number, "state": t.state.name, "value": t.value,
+                       "best_so_far": max(t.intermediate_values.values(), default=None),
+                       "epochs": epochs, "default_point": bool(t.user_attrs.get("default_point")),
+                       "params": t.params})
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    best = max(complete, key=lambda t: t["value"]) if complete else None
+    return {"trials": trials, "ee": sum(t["epochs"] for t in trials) * subset,
+            "epochs": sum(t["epochs"] for t in trials), "best": best["value"] if best else float("nan"),
+            "best_trial": best["number"] if best else None}
+
+
+def print_arm(arm: str, s: dict) -> None:
+    wall = "reused" if s["wall"] is None else f"{s['wall'] / 60:.1f} min"
+    print(f"{arm}: {len(s['trials'])} trials, {s['epochs']} epochs = {s['ee']:.2f} epoch-equivalents, best "
+          f"{s['best']:.4f} (trial {s['best_trial']}), wall {wall}")
+    for t in s["trials"]:
+        value = f"{t['value']:.4f}" if t["value"] is not None else "-"
+        reached = f"{t['best_so_far']:.4f}" if t["best_so_far"] is not None else "-"
+        print(f"  trial {t['number']:>2} {t['state']:<8} epochs {t['epochs']}  value {value}  best so far {reached}"
+              f"{'  (default point)' if t['default_point'] else ''}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
