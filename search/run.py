@@ -13,6 +13,8 @@ from pathlib import Path
 from search.cli import UsageError, add_data_flags, check_writable, fail, parse_overrides, quiet_tensorflow
 
 DRIVERS = ("optuna", "kerastuner")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # search.objective.PRECISIONS, without importing Keras
+JIT = {"auto": None, "on": True, "off": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=3, help="stop after this many failed trials in a row")
     p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS", help="trial heartbeat; a trial "
                    "silent for 3 heartbeats (a dead worker) is marked failed and retried (default: 30)")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32", help="Keras dtype policy trials train "
+                   "under: mixed_bfloat16 for CPUs with AVX512_BF16 or AMX, mixed_float16 for GPUs (default: float32)")
+    p.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA-compile the training step; "
+                   "auto is Keras's choice: on for GPUs, off for CPUs (default: auto)")
     add_data_flags(p)
     return p
 
@@ -94,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         space = configure_space(args)
         check_writable(args.results)
         if args.driver == "kerastuner":
+            if args.precision != "float32" or args.jit != "auto":
+                raise UsageError("--precision and --jit apply to the optuna driver only; drop them with "
+                                 "--driver kerastuner")
             from search.kerastuner_driver import main as kerastuner_main
 
             return kerastuner_main(args, space)
@@ -122,7 +131,8 @@ def _run_optuna(args: argparse.Namespace, space) -> int:
     print(f"study {study_name!r} in {redact(url)}: {len(study.trials)} trials so far, {args.trials} wanted | "
           f"{space.model} on {len(data.train)} training images x{space.budget.subset:g}, "
           f"{data.num_classes} classes, up to {space.budget.epochs} epochs a trial", flush=True)
-    objective = OptunaObjective(Objective(data, space, seed=args.seed, log=_log), space)
+    objective = OptunaObjective(Objective(data, space, seed=args.seed, log=_log, precision=args.precision,
+                                         jit=JIT[args.jit]), space)
     started, interrupted = time.monotonic(), False
     try:
         run_search(study, objective, n_trials=args.trials, timeout=args.timeout,

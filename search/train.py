@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from search.cli import UsageError, add_data_flags, check_writable, fail, parse_overrides, quiet_tensorflow
+from search.run import JIT, PRECISIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs to train (default: the configuration's budget)")
     p.add_argument("--name", help="output folder under RESULTS (default: the configuration's name)")
     p.add_argument("--fresh", action="store_true", help="ignore an earlier run's checkpoint and start over")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32", help="Keras dtype policy: "
+                   "mixed_bfloat16 for CPUs with AVX512_BF16 or AMX, mixed_float16 for GPUs (default: float32)")
+    p.add_argument("--jit", choices=tuple(JIT), default="auto", help="XLA-compile the training step; auto is "
+                   "Keras's choice: on for GPUs, off for CPUs (default: auto)")
     add_data_flags(p)
     return p
 
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         out = args.results / name / "final"
         check_writable(out)
         metrics = train_final(space, out, data_path=args.data, epochs=args.epochs or space.budget.epochs,
-                              seed=args.seed, fresh=args.fresh)
+                              seed=args.seed, fresh=args.fresh, precision=args.precision, jit=JIT[args.jit])
     except (SpaceError, DataError, UsageError, WeightsUnavailableError, FileNotFoundError) as exc:
         return fail(str(exc))
     print(f"validation accuracy {metrics['val']['accuracy']:.4f} | test accuracy {metrics['test']['accuracy']:.4f}"
@@ -63,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def train_final(space, out: Path, *, data_path, epochs: int, seed: int = 0, fresh: bool = False) -> dict[str, Any]:
+def train_final(space, out: Path, *, data_path, epochs: int, seed: int = 0, fresh: bool = False,
+                precision: str = "float32", jit: bool | None = None) -> dict[str, Any]:
     """Train the space's default point, checkpointing into `out`, and write the final artefacts."""
     from search.data import load_fer2013, make_dataset
     from search.objective import Objective
@@ -76,7 +82,7 @@ def train_final(space, out: Path, *, data_path, epochs: int, seed: int = 0, fres
     print(f"final training of {space.name} ({space.model}) for {epochs} epochs on {len(data.train)} images; "
           f"validation {len(data.val)}, test {len(data.test)}", flush=True)
     started = time.perf_counter()
-    result = Objective(data, space, seed=seed).__call__(
+    result = Objective(data, space, seed=seed, precision=precision, jit=jit).__call__(
         config, epochs=epochs, subset=1.0, label="final", checkpoint_dir=checkpoint)
     model = result.model
     val_ds = make_dataset(data.val, batch_size=256, training=False)
