@@ -6,11 +6,13 @@ epoch throws good configurations away. No trial is pruned before the space's `mi
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -33,13 +35,56 @@ class SearchStopped(RuntimeError):
 def make_sampler(name: str, seed: int | None) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         # constant_liar keeps parallel workers from sampling the same point while trials run
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=5)
+        return TrialSeeded(lambda s: optuna.samplers.TPESampler(
+            seed=s, multivariate=True, group=True, constant_liar=True, n_startup_trials=5), seed)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return TrialSeeded(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
     if name == "qmc":
+        # QMC indexes its sequence by the study's trials: one seed in every worker is what it wants
         return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+
+
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler made afresh for every trial, seeded by (seed, trial number).
+
+    One seeded sampler per process replays one random sequence: two workers started with the same
+    command, or a study resumed by a new process, would sample the same points again (trial 3 of the
+    resumed run repeating trial 1). Seeded by trial number, trial k gets its own draws whichever
+    process runs it. TPE and random sampling keep nothing between trials but the study itself, so
+    making them afresh loses nothing.
+    """
+
+    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], seed: int | None):
+        self._make, self._seed = make, seed
+        self._inner = self._build(seed)
+
+    def _build(self, seed: int | None) -> optuna.samplers.BaseSampler:
+        with warnings.catch_warnings():  # TPE's multivariate and group have been "experimental" for years
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return self._make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        seed = None
+        if self._seed is not None:
+            seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+        self._inner = self._build(seed)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 def make_pruner(name: str, space: Space) -> optuna.pruners.BasePruner:
@@ -129,6 +174,14 @@ class SearchSummary:
     interrupted: bool = False
 
 
+class SurplusTrial(Exception):
+    """A trial started when the trials numbered below it already filled the budget; it is not run."""
+
+
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+AHEAD_STATES = (*BUDGET_STATES, TrialState.WAITING)
+
+
 def run_search(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -136,28 +189,56 @@ def run_search(
     n_trials: int | None,
     timeout: float | None = None,
     max_failures: int = 3,
+    poll: float | None = None,
     log: Callable[[str], None] = print,
 ) -> SearchSummary:
-    """Run trials until the study holds `n_trials` (counted over every worker), the timeout passes,
-    or `max_failures` trials in a row fail."""
+    """Run trials until the study holds `n_trials` finished ones (complete or pruned, counted over
+    every worker and earlier runs), the timeout passes, or `max_failures` trials in a row fail.
+
+    The budget is exact however many workers share the study:
+
+    - a worker starts a trial only while finished + running trials are fewer than `n_trials`;
+    - with `poll` (seconds between checks; for storages with heartbeats), a worker whose next trial
+      would overshoot because other workers' trials are running waits for them instead of leaving,
+      checking their heartbeats, so that a dead worker's trial is retried here, not left unfinished;
+    - two workers may still start at the same instant for the last place. Right after `ask`, a
+      trial counts the trials numbered below it that are finished, running or queued; if they fill
+      the budget it ends at once as failed, unsampled and untrained, with the user attribute
+      `surplus` (samplers, the budget and the failure count all ignore failed trials).
+    """
     deadline = time.monotonic() + timeout if timeout else None
-    summary, failures = SearchSummary(), 0
+    summary, failures, waiting = SearchSummary(), 0, False
     finished: list[optuna.trial.FrozenTrial] = []
+    guarded = _within_budget(objective, n_trials)
     while True:
         # A dead worker's trial still looks RUNNING until its heartbeat is found stale: fail (and
         # requeue) those first so they do not hold places in the budget.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        counted = len(study.get_trials(deepcopy=False, states=BUDGET_STATES))
-        if n_trials is not None and counted >= n_trials:
+        done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if n_trials is not None and done >= n_trials:
             break
         if deadline is not None and time.monotonic() >= deadline:
             log(f"timeout reached after {summary.ran} trials")
             break
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[lambda s, t: finished.append(t)])
-        summary.ran += 1
+        if n_trials is not None and done + running >= n_trials:
+            if not poll:
+                break
+            if not waiting:
+                log(f"the last {running} trial(s) of the budget run on other workers: waiting for them, "
+                    f"ready to retry any whose worker dies")
+                waiting = True
+            time.sleep(poll)
+            continue
+        waiting = False
+        study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[lambda s, t: finished.append(t)])
         trial = finished[-1]
+        if trial.user_attrs.get("surplus"):
+            log(f"trial {trial.number} not run: {trial.user_attrs['fail_reason']}")
+            continue
+        summary.ran += 1
         log(_trial_line(study, trial))
         failures = failures + 1 if trial.state == TrialState.FAIL else 0
         if failures >= max_failures:
@@ -167,6 +248,44 @@ def run_search(
                 f"command again to resume"
             )
     return summary
+
+
+def _within_budget(objective: Callable[[optuna.Trial], float], n_trials: int | None) -> Callable[[optuna.Trial], float]:
+    """The objective, run only when the trials numbered below this one leave room in the budget.
+
+    Trial numbers follow creation order (the storage locks the study row to number a trial), and a
+    trial that ends finished was running or queued at every moment before, so no two workers can
+    both pass this check for the same last place.
+    """
+    if n_trials is None:
+        return objective
+
+    def run(trial: optuna.Trial) -> float:
+        trials = trial.study.get_trials(deepcopy=False)
+        ahead = sum(t.number < trial.number and t.state in AHEAD_STATES for t in trials)
+        if ahead >= n_trials:
+            mine = next(t for t in trials if t.number == trial.number)
+            if mine.params or "fixed_params" in mine.system_attrs:  # a queued point (a retry): keep it queued
+                trial.study.add_trial(optuna.trial.create_trial(
+                    state=TrialState.WAITING, params=mine.params, distributions=mine.distributions,
+                    user_attrs=mine.user_attrs, system_attrs=mine.system_attrs))
+            reason = f"the {ahead} trials numbered below it already fill the budget of {n_trials}"
+            trial.set_user_attr("surplus", True)
+            trial.set_user_attr("fail_reason", f"{reason} (another worker took the last place at the same moment)")
+            raise SurplusTrial(reason)
+        return objective(trial)
+
+    return run
+
+
+class _QuietSurplus(logging.Filter):
+    """Optuna logs every failed trial with its traceback; a surplus trial is no failure worth one."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SurplusTrial" not in record.getMessage()
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_QuietSurplus())
 
 
 def _trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
