@@ -6,6 +6,7 @@ Trials of a dead worker are found by Optuna's heartbeats, marked failed and queu
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import optuna
@@ -51,22 +52,36 @@ def open_storage(url: str, *, heartbeat: int | None = HEARTBEAT_SECONDS) -> RDBS
             raise StorageError(f"cannot write {path}: the folder is not writable; pass --results or --storage")
     if url.startswith(("postgresql", "postgres")) and "+" not in url.split(":", 1)[0]:
         url = "postgresql+psycopg://" + url.split("://", 1)[1]  # psycopg 3, installed with fer-search
-    kwargs = {}
-    if heartbeat:
-        kwargs = dict(
-            heartbeat_interval=heartbeat,
-            grace_period=heartbeat * 3,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
     engine_kwargs = {"connect_args": {"timeout": 30}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8: say it once, in docs
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs = {}
+            if heartbeat:
+                kwargs = dict(
+                    heartbeat_interval=heartbeat,
+                    grace_period=heartbeat * 3,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+                )
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except Exception as exc:
         reason = str(exc).splitlines()[0]
+        password = _password(url)
+        if password:  # drivers may quote the connection string back
+            reason = reason.replace(password, "***")
         raise StorageError(
             f"cannot open the study storage {redact(url)}: {reason}. Check that the server is up and "
             f"the URL is right, or drop --storage to use the embedded SQLite file"
         ) from None
+
+
+def _password(url: str) -> str | None:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password
+    except Exception:
+        return None
 
 
 def study_names(storage: RDBStorage) -> list[str]:
