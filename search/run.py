@@ -47,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "under: mixed_bfloat16 for CPUs with AVX512_BF16 or AMX, mixed_float16 for GPUs (default: float32)")
     p.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA-compile the training step; "
                    "auto is Keras's choice: on for GPUs, off for CPUs (default: auto)")
+    p.add_argument("--workers", type=int, default=1, metavar="K", help="run K worker processes on this machine "
+                   "sharing the study, the cores split between them (default: 1). Workers on other machines "
+                   "need only the same command with the same --storage")
+    kt = p.add_argument_group("KerasTuner's distributed mode (with --driver kerastuner)")
+    kt.add_argument("--chief", action="store_true", help="run the chief: it holds the oracle, serves --oracle and "
+                    "trains nothing")
+    kt.add_argument("--oracle", metavar="HOST:PORT", help="the chief's address; without --chief this process is a "
+                    "worker of that chief")
+    kt.add_argument("--tuner-id", metavar="ID", help="this worker's id (default: worker-HOST-PID); a dead worker "
+                    "restarted with its id takes up its unfinished trial")
+    p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
     add_data_flags(p)
     return p
 
@@ -90,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         return fail("give --space NAME (see --list) or a path to a space YAML file")
     if args.trials < 1:
         return fail("--trials must be at least 1")
+    if args.workers < 1:
+        return fail("--workers must be at least 1")
+    if args.heartbeat < 0:
+        return fail("--heartbeat must be 0 (off) or more seconds")
+    if args.worker_id is not None:  # a child of --workers: the parent created (or --fresh deleted) the study
+        args.workers, args.fresh = 1, False
     from fer_models.resnet_transfer import WeightsUnavailableError
     from search.data import DataError
     from search.optuna_driver import SearchStopped, StudyMismatch
@@ -97,8 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     from search.storage import StorageError
 
     try:
+        from search import workers
+
+        workers.kerastuner_roles(args)
         space = configure_space(args)
         check_writable(args.results)
+        if args.workers > 1:
+            return workers.launch(args, sys.argv[1:] if argv is None else list(argv), space)
         if args.driver == "kerastuner":
             if args.precision != "float32" or args.jit != "auto":
                 raise UsageError("--precision and --jit apply to the optuna driver only; drop them with "
@@ -135,16 +157,27 @@ def _run_optuna(args: argparse.Namespace, space) -> int:
                                          jit=JIT[args.jit]), space)
     started, interrupted = time.monotonic(), False
     try:
-        run_search(study, objective, n_trials=args.trials, timeout=args.timeout,
-                   max_failures=args.max_failures, log=_log)
+        summary = run_search(study, objective, n_trials=args.trials, timeout=args.timeout,
+                             max_failures=args.max_failures, poll=_poll(args.heartbeat), log=_log)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: the running trial is marked failed; run the same command to resume", flush=True)
     finally:
-        paths = records.write_outputs(study, args.results, redact(url))
-        _write_report(study, args.results, redact(url))
+        if args.worker_id is None:  # a --workers child leaves the outputs to its parent, which writes them once
+            paths = records.write_outputs(study, args.results, redact(url))
+            _write_report(study, args.results, redact(url))
+    if args.worker_id is not None:
+        if not interrupted:
+            print(f"done: {summary.ran} trials run by this worker", flush=True)
+        return 130 if interrupted else 0
     _print_summary(study, space, paths, time.monotonic() - started)
     return 130 if interrupted else 0
+
+
+def _poll(heartbeat: int) -> float | None:
+    """Seconds between checks while other workers' trials fill the budget (None: no heartbeat, no wait).
+    Quicker than the heartbeat, so that a waiting worker leaves soon after the others finish."""
+    return min(heartbeat, 2.0) if heartbeat else None
 
 
 def _write_report(study, results_dir: Path, storage_label: str) -> None:
