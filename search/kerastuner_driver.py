@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import io
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -174,7 +175,8 @@ class FerTuner(kt.Tuner):
             "config": config,
             "history": history,
             "intermediate_values": {},
-            "default_point": trial.trial_id == self.oracle.start_order[0],
+            # the oracle's first trial (ids count from 0); a distributed worker's oracle proxy has no start_order
+            "default_point": int(trial.trial_id) == 0,
             "datetime_start": _now(),
         }
         bookkeeping = {k.removeprefix("tuner/"): v for k, v in hp.values.items() if k.startswith("tuner/")}
@@ -380,6 +382,11 @@ def main(args: argparse.Namespace, space: Space) -> int:
     storage = open_storage(url, heartbeat=None)  # trials arrive finished: no heartbeat to keep
     study_name = args.study_name or f"{space.name}-{DRIVER}"
     directory = Path(args.results) / study_name
+    role = os.environ.get("KERASTUNER_TUNER_ID") if "KERASTUNER_ORACLE_IP" in os.environ else None
+    if role is not None and "chief" not in role:
+        # a worker of a distributed search: its own project folder, so workers sharing a disk never
+        # record each other's trials; the chief holds the oracle and its state
+        directory = directory / "workers" / role
     project_id = open_project(directory, space, tuner_kind, args.fresh)
     study = open_kt_study(space, study_name=study_name, storage=storage, fresh=args.fresh)
     data = load_fer2013(args.data, labels=space.labels, seed=args.seed)
@@ -394,9 +401,16 @@ def main(args: argparse.Namespace, space: Space) -> int:
                 {"project": project_id, "tuner": tuner_kind, "space_fingerprint": space.fingerprint()})
     for frozen in table.sync(Path(tuner.project_dir)):  # finished before an earlier run died
         _log(f"recorded earlier {table.line(frozen)}")
-    held = len(tuner.oracle.trials)
+    oracle_at = f"{os.environ.get('KERASTUNER_ORACLE_IP')}:{os.environ.get('KERASTUNER_ORACLE_PORT')}"
+    if role is None:
+        held = f"{len(tuner.oracle.trials)} trials so far, {args.trials} wanted"
+    elif "chief" in role:
+        held = (f"{len(tuner.oracle.trials)} trials so far, {args.trials} wanted; chief serving {oracle_at} until "
+                f"every trial ends")
+    else:
+        held = f"worker {role!r} of the chief at {oracle_at}"
     print(f"study {study_name!r} in {redact(url)}: {len(study.trials)} trials so far | KerasTuner {tuner_kind} in "
-          f"{tuner.project_dir}: {held} trials so far, {args.trials} wanted | {space.model} on {len(data.train)} "
+          f"{tuner.project_dir}: {held} | {space.model} on {len(data.train)} "
           f"training images x{space.budget.subset:g}, {data.num_classes} classes, up to {space.budget.epochs} "
           f"epochs a trial", flush=True)
 
