@@ -74,6 +74,13 @@ class Objective:
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        if precision == "mixed_float16" and not _has_gpu():
+            from search.cli import UsageError
+
+            raise UsageError(
+                "precision mixed_float16 needs a GPU, and TensorFlow sees none: CPUs have no fast float16 "
+                "convolutions (a training step measured over 100x slower than float32 here; see "
+                "docs/performance.md). Use mixed_bfloat16 on CPUs with AVX512_BF16 or AMX, else float32")
         self.data, self.space, self.seed, self.log = data, space, seed, log
         self.precision, self.jit = precision, jit
         self.builder = get_builder(space.model)
@@ -184,6 +191,12 @@ class Objective:
             "first_step_seconds": best.first_step_seconds,
         }
         return TrialResult(value=best.best_accuracy, metrics=result_metrics, history=best.history, model=model)
+
+
+def _has_gpu() -> bool:
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
 
 
 class _NanGuard(keras.callbacks.Callback):

@@ -7,6 +7,7 @@ import optuna
 import pytest
 
 from search import run
+from search.cli import UsageError
 from search.data import load_fer2013
 from search.objective import Objective
 from search.space import load_space
@@ -36,11 +37,13 @@ def test_mixed_bfloat16_trial_trains_in_bfloat16_and_gives_float32_probabilities
     assert keras.layers.Dense(2).compute_dtype == "float32"
 
 
-def test_mixed_float16_wraps_the_optimizer_in_loss_scaling(small):
-    model = Objective(small, tiny_space(), log=None, precision="mixed_float16").build(tiny_space().defaults())
-    assert model.get_layer("block1_conv1").compute_dtype == "float16"
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    assert model.get_layer("probabilities").compute_dtype == "float32"
+def test_mixed_float16_without_a_gpu_is_refused_with_the_fix(small):
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: mixed_float16 is allowed")
+    with pytest.raises(UsageError, match="mixed_float16 needs a GPU.*Use mixed_bfloat16"):
+        Objective(small, tiny_space(), log=None, precision="mixed_float16")
 
 
 def test_jit_sets_xla_on_the_compiled_model_and_auto_leaves_keras_choice(small):
