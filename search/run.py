@@ -6,6 +6,7 @@ study. At the end it writes results/<study>/trials.csv, best_config.yaml and lea
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from pathlib import Path
@@ -107,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--heartbeat must be 0 (off) or more seconds")
     if args.worker_id is not None:  # a child of --workers: the parent created (or --fresh deleted) the study
         args.workers, args.fresh = 1, False
+        # Ctrl-C reaches a worker from its parent; a parent started in the background inherits SIGINT
+        # ignored, and so would the worker, which must hear it anyway.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     from fer_models.resnet_transfer import WeightsUnavailableError
     from search.data import DataError
     from search.optuna_driver import SearchStopped, StudyMismatch

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from search.cli import UsageError
 
@@ -77,6 +78,8 @@ class Worker:
         code = self.proc.returncode
         if code == 0:
             return "finished"
+        if code in (130, -signal.SIGINT):  # -SIGINT: interrupted before its search began
+            return "interrupted; its running trial is marked failed"
         if code is not None and code < 0:
             return f"killed by {signal.Signals(-code).name}; its running trial is retried by a worker still alive"
         why = next((line for line in reversed(self.last_lines) if line.startswith("error:")), None)
@@ -115,8 +118,7 @@ def launch(args: argparse.Namespace, argv: list[str], space) -> int:
               flush=True)
 
     started = time.monotonic()
-    workers = [Worker(i + 1, argv, env) for i in range(args.workers)]
-    interrupted = _wait(workers)
+    workers, interrupted = _run_all(lambda number: Worker(number, argv, env), args.workers)
     for w in workers:
         w.relay.join(timeout=5)
     paths = records.write_outputs(study, args.results, redact(url))
@@ -136,9 +138,11 @@ def launch(args: argparse.Namespace, argv: list[str], space) -> int:
     return 0
 
 
-def _wait(workers: list[Worker]) -> bool:
-    """Wait for every worker. The first Ctrl-C (or SIGTERM) asks them to stop (each marks its running
-    trial failed, as a single process does); a second one kills them. True if interrupted."""
+def _run_all(start: Callable[[int], Worker], count: int) -> tuple[list[Worker], bool]:
+    """Start `count` workers and wait for them all. The first Ctrl-C (or SIGTERM) asks them to stop
+    (each marks its running trial failed, as a single process does); a second one kills them.
+    Returns the workers and whether they were interrupted."""
+    workers: list[Worker] = []
     stops = 0
 
     def forward(signum, frame) -> None:
@@ -152,12 +156,16 @@ def _wait(workers: list[Worker]) -> bool:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        for number in range(1, count + 1):
+            if stops:
+                break
+            workers.append(start(number))
         while any(w.proc.poll() is None for w in workers):
             time.sleep(0.2)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return stops > 0
+    return workers, stops > 0
 
 
 # -- KerasTuner's distributed mode ----------------------------------------------------------------
@@ -166,6 +174,8 @@ def _wait(workers: list[Worker]) -> bool:
 def kerastuner_roles(args: argparse.Namespace) -> str | None:
     """Set KerasTuner's variables for `--chief` / `--oracle`; return this process's tuner id (None:
     not distributed). Variables already in the environment are KerasTuner's own way and are kept."""
+    if args.tuner_id and not args.oracle:
+        raise UsageError("--tuner-id names a KerasTuner worker: give it with --oracle HOST:PORT (the chief's address)")
     if not (args.chief or args.oracle):
         return os.environ.get("KERASTUNER_TUNER_ID") if "KERASTUNER_ORACLE_IP" in os.environ else None
     if args.driver != "kerastuner":

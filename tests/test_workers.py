@@ -336,6 +336,33 @@ def test_kerastuner_roles_are_checked_before_anything_starts(tmp_path, capsys):
     assert "--chief needs --oracle HOST:PORT" in capsys.readouterr().err
     assert run.main([*base, "--driver", "kerastuner", "--oracle", "nohost"]) == 2
     assert "write it as HOST:PORT" in capsys.readouterr().err
+    assert run.main([*base, "--tuner-id", "w1"]) == 2
+    assert "give it with --oracle HOST:PORT" in capsys.readouterr().err
     assert run.main([*base, "--driver", "kerastuner", "--workers", "2"]) == 2
     assert "KerasTuner distributes itself" in capsys.readouterr().err
     assert "KERASTUNER_ORACLE_IP" not in os.environ
+
+
+def test_ctrl_c_reaches_every_local_worker_and_the_outputs_are_still_written(fer_slice, tmp_path):
+    log = tmp_path / "out.txt"
+    cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
+           "--results", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/o.db", "--workers", "2",
+           "--trials", "6", "--epochs", "4", *QUICK]
+    with log.open("w") as out:
+        # started the way a shell starts a background job: SIGINT ignored, which the workers inherit
+        proc = subprocess.Popen(cmd, env=_env(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            for w in (1, 2):  # both mid-trial
+                wait_for_line(log, rf"^\[w{w}\] trial \d+ \| epoch   1/4", proc)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=120) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = log.read_text()
+    assert text.count("interrupted: the running trial is marked failed") == 2  # one per worker
+    assert "worker 1: interrupted" in text and "worker 2: interrupted" in text
+    study = optuna.load_study(study_name="baseline_cnn", storage=f"sqlite:///{tmp_path}/o.db")
+    assert TrialState.RUNNING not in {t.state for t in study.trials}
+    assert (tmp_path / "baseline_cnn" / "trials.csv").exists()
