@@ -2,6 +2,8 @@
 
 Every trial lands in the study storage as it finishes; running the same command again resumes the
 study. At the end it writes results/<study>/trials.csv, best_config.yaml and leaderboard.html.
+Every process running the command against one storage is a worker of the study; `--workers K`
+starts K of them on this machine (search/workers.py).
 """
 from __future__ import annotations
 

@@ -117,6 +117,7 @@ def test_a_surplus_trial_is_not_run_and_a_queued_point_stays_queued(tmp_path):
     assert requeued.user_attrs == {"default_point": True}
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # the "other worker" asks by hand
 def test_a_worker_waits_for_the_trials_of_others_and_leaves_when_they_finish(tmp_path):
     storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=1)
     study = optuna.create_study(storage=storage, direction="maximize")
