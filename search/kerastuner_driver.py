@@ -34,7 +34,7 @@ from optuna.trial import TrialState
 
 from search.cli import UsageError
 from search.kerastuner_sampling import config_from_hp, default_values
-from search.optuna_driver import SearchStopped, StudyMismatch, _trial_line
+from search.optuna_driver import SearchStopped, StudyMismatch, _trial_line, check_same_space, tag_study
 from search.optuna_sampling import suggest
 from search.space import Space
 
@@ -328,21 +328,13 @@ def open_kt_study(space: Space, *, study_name: str, storage: optuna.storages.Bas
         optuna.delete_study(study_name=study_name, storage=storage)
         study = None
     if study is not None:
-        stored = study.user_attrs.get("space_fingerprint")
-        if stored is not None and stored != space.fingerprint():
-            raise StudyMismatch(
-                f"study {study_name!r} already exists in this storage with another space "
-                f"({study.user_attrs.get('space_name', '?')}, fingerprint {stored}; this one is "
-                f"{space.fingerprint()}). Pass --study-name to start a new study, or --fresh to replace it"
-            )
+        check_same_space(study, space)
     if study is None:
         try:
             study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize")
         except optuna.exceptions.DuplicatedStudyError:  # another worker created it just now
             return open_kt_study(space, study_name=study_name, storage=storage)
-        study.set_user_attr("space", space.model_dump(mode="json", exclude_none=True))
-        study.set_user_attr("space_name", space.name)
-        study.set_user_attr("space_fingerprint", space.fingerprint())
+        tag_study(study, space)
     return study
 
 

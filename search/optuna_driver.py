@@ -24,6 +24,9 @@ PRUNERS = ("hyperband", "median", "halving", "none")
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 
 
+INTERRUPTED = "interrupted (Ctrl-C)"
+
+
 class StudyMismatch(ValueError):
     """The study name exists in the storage with another space."""
 
@@ -123,19 +126,38 @@ def open_study(
                                     sampler=sampler, pruner=pruner)
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
-        stored = study.user_attrs.get("space_fingerprint")
-        if stored is not None and stored != space.fingerprint():
-            raise StudyMismatch(
-                f"study {study_name!r} already exists in this storage with another space "
-                f"({study.user_attrs.get('space_name', '?')}, fingerprint {stored}; this one is "
-                f"{space.fingerprint()}). Pass --study-name to start a new study, or --fresh to replace it"
-            ) from None
+        check_same_space(study, space)
+        if _default_point_interrupted(study):
+            study.enqueue_trial(enqueue_params(space), user_attrs={"default_point": True})
         return study
+    tag_study(study, space)
+    study.enqueue_trial(enqueue_params(space), user_attrs={"default_point": True})
+    return study
+
+
+def tag_study(study: optuna.Study, space: Space) -> None:
+    """Record the space in a new study, so reports can read it and other spaces are refused."""
     study.set_user_attr("space", space.model_dump(mode="json", exclude_none=True))
     study.set_user_attr("space_name", space.name)
     study.set_user_attr("space_fingerprint", space.fingerprint())
-    study.enqueue_trial(enqueue_params(space), user_attrs={"default_point": True})
-    return study
+
+
+def check_same_space(study: optuna.Study, space: Space) -> None:
+    """Refuse to add trials of `space` to a study created with another space."""
+    stored = study.user_attrs.get("space_fingerprint")
+    if stored is not None and stored != space.fingerprint():
+        raise StudyMismatch(
+            f"study {study.study_name!r} already exists in this storage with another space "
+            f"({study.user_attrs.get('space_name', '?')}, fingerprint {stored}; this one is "
+            f"{space.fingerprint()}). Pass --study-name to start a new study, or --fresh to replace it"
+        )
+
+
+def _default_point_interrupted(study: optuna.Study) -> bool:
+    """True when the default point only ever ended by Ctrl-C: a resumed study runs it again."""
+    default = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("default_point")]
+    return bool(default) and all(
+        t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED for t in default)
 
 
 class OptunaObjective:
@@ -160,6 +182,9 @@ class OptunaObjective:
         try:
             result = self.objective(config, on_epoch=on_epoch, label=f"trial {trial.number}")
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", INTERRUPTED)
             raise
         except Exception as exc:
             trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {exc}"[:2000])

@@ -45,8 +45,10 @@ def trial_row(study_name: str, t: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """All trials of a study as the common table, in trial-number order."""
-    rows = [trial_row(study.study_name, t) for t in study.get_trials(deepcopy=False)]
+    """All trials of a study as the common table, in trial-number order. Surplus trials (started by
+    a worker for a place another worker took at the same moment, and never run) are left out."""
+    rows = [trial_row(study.study_name, t) for t in study.get_trials(deepcopy=False)
+            if not t.user_attrs.get("surplus")]
     return pd.DataFrame(rows)
 
 

@@ -219,3 +219,24 @@ def test_unobtainable_imagenet_weights_stop_the_search_before_any_trial(fer_slic
     err = capsys.readouterr().err
     assert "could not download the ResNet50 ImageNet weights" in err and "--set weights=null" in err
     assert all(t.state == TrialState.WAITING for t in load(db, "resnet_unfreeze").trials)  # nothing ran
+
+
+def test_a_default_point_lost_to_ctrl_c_runs_again_on_resume(tmp_path):
+    def interrupted(config, *, on_epoch, label):
+        raise KeyboardInterrupt
+
+    space = load_space("baseline_cnn").with_settings(epochs=2, min_epochs=1)
+    db = f"sqlite:///{tmp_path}/s.db"
+    opened = dict(study_name="s", storage=db, sampler=optuna.samplers.RandomSampler(seed=0),
+                  pruner=make_pruner("none", space))
+    study = open_study(space, **opened)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(study, OptunaObjective(interrupted, space), n_trials=2, log=lambda line: None)
+    assert study.trials[0].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+
+    study = open_study(space, **opened)  # the same command again
+    run_search(study, OptunaObjective(_Curve(2), space), n_trials=2, log=lambda line: None)
+    rerun = [t for t in study.trials if t.user_attrs.get("default_point") and t.state == TrialState.COMPLETE]
+    assert len(rerun) == 1 and rerun[0].params == study.trials[0].params
+    open_study(space, **opened)  # once it has run, resuming does not queue it again
+    assert not [t for t in study.trials if t.state == TrialState.WAITING]
