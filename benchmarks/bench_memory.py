@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         data = load_fer2013(args.data, labels=space.labels)
         objective = OptunaObjective(Objective(data, space, log=None), space)
         study = optuna.create_study(storage=f"sqlite:///{tmp}/optuna.db", direction="maximize",
-                                    sampler=optuna.samplers.RandomSampler(seed=0))
+                                    sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner())
         before = benchlib.rss_mb()
         print(f"workload   {args.trials} random {space.model} trials of {args.epochs} epoch(s) on {args.subset:g} "
               f"of Training ({len(objective.objective.train_split(args.subset))} images), validation {len(data.val)}")
