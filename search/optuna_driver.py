@@ -197,6 +197,7 @@ class OptunaObjective:
 class SearchSummary:
     ran: int = 0
     interrupted: bool = False
+    recycle: bool = False  # stopped because memory grew past the limit: go on in a fresh process
 
 
 class SurplusTrial(Exception):
@@ -215,6 +216,7 @@ def run_search(
     timeout: float | None = None,
     max_failures: int = 3,
     poll: float | None = None,
+    memory_limit_mb: float | None = None,
     log: Callable[[str], None] = print,
 ) -> SearchSummary:
     """Run trials until the study holds `n_trials` finished ones (complete or pruned, counted over
@@ -230,11 +232,17 @@ def run_search(
       trial counts the trials numbered below it that are finished, running or queued; if they fill
       the budget it ends at once as failed, unsampled and untrained, with the user attribute
       `surplus` (samplers, the budget and the failure count all ignore failed trials).
+
+    With `memory_limit_mb`, it also stops (`recycle` set) once this process's resident memory has
+    grown by more than that since its first trial ended: TensorFlow keeps part of every model it
+    has trained (about 25-40 MB a trial here, whatever `clear_session` does; docs/performance.md),
+    and only a fresh process gives it back. The caller then continues the study in one.
     """
     deadline = time.monotonic() + timeout if timeout else None
     summary, failures, waiting = SearchSummary(), 0, False
     finished: list[optuna.trial.FrozenTrial] = []
     guarded = _within_budget(objective, n_trials)
+    baseline_mb = None
     while True:
         # A dead worker's trial still looks RUNNING until its heartbeat is found stale: fail (and
         # requeue) those first so they do not hold places in the budget.
@@ -272,7 +280,27 @@ def run_search(
                 f"{trial.user_attrs.get('fail_reason', 'no reason recorded')}. Fix that, then run the same "
                 f"command again to resume"
             )
+        rss = resident_mb() if memory_limit_mb is not None else None
+        if rss is not None:
+            baseline_mb = baseline_mb or rss  # after one trial: TensorFlow's one-time set-up is in it
+            if rss - baseline_mb > memory_limit_mb:
+                log(f"resident memory grew {rss - baseline_mb:.0f} MB in {summary.ran - 1} trials (TensorFlow keeps "
+                    f"part of every model); going on in a fresh process")
+                summary.recycle = True
+                break
     return summary
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MB (VmRSS), or None where /proc is missing."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
 
 
 def _within_budget(objective: Callable[[optuna.Trial], float], n_trials: int | None) -> Callable[[optuna.Trial], float]:

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=3, help="stop after this many failed trials in a row")
     p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS", help="trial heartbeat; a trial "
                    "silent for 3 heartbeats (a dead worker) is marked failed and retried (default: 30)")
+    p.add_argument("--memory-limit", type=float, default=100, metavar="MB", help="go on in a fresh process "
+                   "(same command, same PID) once memory has grown this much over the trials, as TensorFlow keeps "
+                   "part of every model it trains; 0: never (default: 100)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32", help="Keras dtype policy trials train "
                    "under: mixed_bfloat16 for CPUs with AVX512_BF16 or AMX, mixed_float16 for GPUs (default: float32)")
     p.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA-compile the training step; "
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     kt.add_argument("--tuner-id", metavar="ID", help="this worker's id (default: worker-HOST-PID); a dead worker "
                     "restarted with its id takes up its unfinished trial")
     p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set by --workers for its children
+    p.add_argument("--resumed", action="store_true", help=argparse.SUPPRESS)  # a memory recycle: keep the study
     add_data_flags(p)
     return p
 
@@ -108,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail("--workers must be at least 1")
     if args.heartbeat < 0:
         return fail("--heartbeat must be 0 (off) or more seconds")
+    if args.memory_limit < 0:
+        return fail("--memory-limit must be 0 (never) or more MB")
+    if args.resumed:  # the same search going on in a fresh process: --fresh was done when it started
+        args.fresh = False
     if args.worker_id is not None:  # a child of --workers: the parent created (or --fresh deleted) the study
         args.workers, args.fresh = 1, False
         # Ctrl-C reaches a worker from its parent; a parent started in the background inherits SIGINT
@@ -134,13 +142,15 @@ def main(argv: list[str] | None = None) -> int:
             from search.kerastuner_driver import main as kerastuner_main
 
             return kerastuner_main(args, space)
-        return _run_optuna(args, space)
+        # Only a real command line goes on in a fresh process when memory grows; main([...]) called
+        # in-process (tests, notebooks) must never replace its caller.
+        return _run_optuna(args, space, sys.argv[1:] if argv is None else None)
     except (SpaceError, UsageError, StorageError, StudyMismatch, DataError, SearchStopped,
             WeightsUnavailableError, FileNotFoundError) as exc:
         return fail(str(exc))
 
 
-def _run_optuna(args: argparse.Namespace, space) -> int:
+def _run_optuna(args: argparse.Namespace, space, reexec_argv: list[str] | None = None) -> int:
     from search import records
     from search.data import load_fer2013
     from search.objective import Objective
@@ -161,23 +171,39 @@ def _run_optuna(args: argparse.Namespace, space) -> int:
           f"{data.num_classes} classes, up to {space.budget.epochs} epochs a trial", flush=True)
     objective = OptunaObjective(Objective(data, space, seed=args.seed, log=_log, precision=args.precision,
                                          jit=JIT[args.jit]), space)
-    started, interrupted = time.monotonic(), False
+    started, interrupted, summary = time.monotonic(), False, None
     try:
         summary = run_search(study, objective, n_trials=args.trials, timeout=args.timeout,
-                             max_failures=args.max_failures, poll=_poll(args.heartbeat), log=_log)
+                             max_failures=args.max_failures, poll=_poll(args.heartbeat), log=_log,
+                             memory_limit_mb=args.memory_limit if reexec_argv is not None and args.memory_limit
+                             else None)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: the running trial is marked failed; run the same command to resume", flush=True)
     finally:
-        if args.worker_id is None:  # a --workers child leaves the outputs to its parent, which writes them once
+        recycling = summary is not None and summary.recycle
+        if args.worker_id is None and not recycling:  # a --workers child leaves the outputs to its parent
             paths = records.write_outputs(study, args.results, redact(url))
             _write_report(study, args.results, redact(url))
+    if recycling:
+        _continue_in_fresh_process(reexec_argv, None if args.timeout is None
+                                   else args.timeout - (time.monotonic() - started))
     if args.worker_id is not None:
         if not interrupted:
             print(f"done: {summary.ran} trials run by this worker", flush=True)
         return 130 if interrupted else 0
     _print_summary(study, space, paths, time.monotonic() - started)
     return 130 if interrupted else 0
+
+
+def _continue_in_fresh_process(argv: list[str], timeout_left: float | None) -> None:
+    """Replace this process by the same command, which resumes the study (same PID, same output)."""
+    import os
+
+    argv = [*argv, "--resumed"] + ([] if timeout_left is None else ["--timeout", f"{max(timeout_left, 0.001):.3f}"])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "search.run", *argv])
 
 
 def _poll(heartbeat: int) -> float | None:
