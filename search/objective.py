@@ -96,6 +96,15 @@ class Objective:
 
             resolve_weights(weights)
 
+    @property
+    def chance_threshold(self) -> float:
+        """The validation accuracy a model must beat to have learned anything measurable: the share
+        of the most common validation class (what always predicting it scores) plus two binomial
+        standard errors. On FER2013 (PublicTest, 7 classes) that is 0.249 + 0.014."""
+        shares = np.bincount(self.data.val.y, minlength=self.data.num_classes) / len(self.data.val)
+        p = float(shares.max())
+        return p + 2 * math.sqrt(p * (1 - p) / len(self.data.val))
+
     def train_split(self, subset: float) -> Split:
         if subset not in self._subsets:  # stratified subsets are cheap but not free: keep them
             self._subsets[subset] = self.data.subset(subset, seed=self.seed).train

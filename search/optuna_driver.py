@@ -93,15 +93,44 @@ class TrialSeeded(optuna.samplers.BaseSampler):
 def make_pruner(name: str, space: Space) -> optuna.pruners.BasePruner:
     budget = space.budget
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=budget.min_epochs, max_resource=budget.epochs,
+        base = optuna.pruners.HyperbandPruner(min_resource=budget.min_epochs, max_resource=budget.epochs,
                                               reduction_factor=3)
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=budget.min_epochs)
-    if name == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=budget.min_epochs, reduction_factor=3)
-    if name == "none":
+    elif name == "median":
+        base = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=budget.min_epochs)
+    elif name == "halving":
+        base = optuna.pruners.SuccessiveHalvingPruner(min_resource=budget.min_epochs, reduction_factor=3)
+    elif name == "none":
         return optuna.pruners.NopPruner()
-    raise ValueError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+    else:
+        raise ValueError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
+    return ChancePruner(base, min_step=budget.min_epochs)
+
+
+class ChancePruner(optuna.pruners.BasePruner):
+    """Wraps a pruner: from `min_step` on, it also prunes a trial whose best validation accuracy so far
+    is not above chance (its `chance_threshold` user attribute) at an epoch where an earlier trial's
+    already was.
+
+    For their first epochs, most FER2013 configurations predict the majority class, so their
+    accuracies tie at its share, and successive halving and Hyperband promote ties: every trial on
+    that plateau went on (measured: 10 of 12 random trials sat there, docs/performance.md). A tie on
+    the plateau carries no evidence for a trial; another trial having left the plateau by the same
+    epoch does, against it.
+    """
+
+    def __init__(self, base: optuna.pruners.BasePruner, min_step: int):
+        self.base, self.min_step = base, min_step
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if self.base.prune(study, trial):
+            return True
+        step, threshold = trial.last_step, trial.user_attrs.get("chance_threshold")
+        if step is None or step < self.min_step or threshold is None:
+            return False
+        if trial.intermediate_values[step] > threshold:
+            return False
+        others = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        return any(t.number != trial.number and t.intermediate_values.get(step, -1.0) > threshold for t in others)
 
 
 def open_study(
@@ -170,6 +199,9 @@ class OptunaObjective:
         config = suggest(trial, self.space)
         trial.set_user_attr("driver", "optuna")
         trial.set_user_attr("config", config)
+        threshold = getattr(self.objective, "chance_threshold", None)
+        if threshold is not None:  # ChancePruner reads it
+            trial.set_user_attr("chance_threshold", threshold)
         history: list[dict[str, float]] = []
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:

@@ -1,0 +1,62 @@
+"""ChancePruner: a trial still at chance is pruned once an earlier trial has left chance by that epoch."""
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from search.objective import TrialResult
+from search.optuna_driver import ChancePruner, OptunaObjective, make_pruner, open_study, run_search
+from search.space import load_space
+
+CHANCE = 0.264  # majority share 0.249 + two standard errors, as on FER2013's PublicTest
+
+
+class _Curves:
+    """A fake objective: each configuration's validation curve is looked up by its dropout."""
+
+    chance_threshold = CHANCE
+
+    def __init__(self, curves: dict[float, list[float]]):
+        self.curves = curves
+
+    def __call__(self, config, *, on_epoch, label):
+        best, history = -1.0, []
+        for epoch, acc in enumerate(self.curves[config["dropout"]]):
+            best = max(best, acc)
+            history.append({"val_accuracy": acc})
+            on_epoch(epoch, {"val_accuracy": acc, "best_val_accuracy": best})
+        return TrialResult(value=best, metrics={"epochs_run": len(history)}, history=history)
+
+
+def search(tmp_path, pruner, curves: dict[float, list[float]], order: list[float], min_epochs: int = 2):
+    space = load_space("baseline_cnn").with_settings(epochs=6, min_epochs=min_epochs)
+    tmp_path.mkdir(exist_ok=True)
+    study = open_study(space, study_name="s", storage=f"sqlite:///{tmp_path}/s.db",
+                       sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner(space))
+    for dropout in order[1:]:  # the default point (dropout 0.25) comes first
+        study.enqueue_trial({"dropout": dropout})
+    run_search(study, OptunaObjective(_Curves(curves), space), n_trials=len(order), log=lambda line: None)
+    return study.trials
+
+
+PLATEAU = [0.249] * 6
+LEARNS = [0.249, 0.30, 0.33, 0.36, 0.38, 0.40]
+
+
+def test_a_trial_at_chance_is_pruned_where_an_earlier_one_had_left_it(tmp_path):
+    first, stuck = search(tmp_path, lambda s: ChancePruner(optuna.pruners.NopPruner(), min_step=2),
+                          {0.25: LEARNS, 0.4: PLATEAU}, [0.25, 0.4])
+    assert first.state == TrialState.COMPLETE and first.user_attrs["chance_threshold"] == CHANCE
+    assert stuck.state == TrialState.PRUNED and max(stuck.intermediate_values) == 2  # epoch 2: first was at 0.30
+
+
+def test_ties_at_chance_prune_nothing_without_evidence_and_nothing_before_min_epochs(tmp_path):
+    trials = search(tmp_path, lambda s: ChancePruner(optuna.pruners.NopPruner(), min_step=3),
+                    {0.25: PLATEAU, 0.4: PLATEAU, 0.3: [0.249, 0.30, 0.249, 0.249, 0.249, 0.249]}, [0.25, 0.4, 0.3])
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3  # nobody left chance by epoch 3 on
+
+
+def test_the_default_pruners_prune_at_chance_and_none_never_does(tmp_path):
+    curves, order = {0.25: LEARNS, 0.4: PLATEAU}, [0.25, 0.4]
+    assert search(tmp_path / "h", lambda s: make_pruner("hyperband", s), curves, order)[1].state == TrialState.PRUNED
+    assert search(tmp_path / "n", lambda s: make_pruner("none", s), curves, order)[1].state == TrialState.COMPLETE
