@@ -1,16 +1,24 @@
-"""Resident memory across many trials in one process (target 4).
+"""Resident memory across many trials (target 4): inside one Python process, and through the command line.
 
     python benchmarks/bench_memory.py --data PATH [--trials 20] [--epochs 1] [--subset 0.02]
 
-Runs a random search (no pruning) of tiny trials through the real path (`OptunaObjective` over
-`Objective`, a SQLite study in a temporary folder), so every trial builds a different model, and
-reads VmRSS from /proc/self/status after each. Prints figures; asserts nothing.
+Part 1 runs a random search (no pruning) of tiny trials in this process through `OptunaObjective`
+over `Objective`, so every trial builds a different model, and reads VmRSS from /proc/self/status
+after each: what TensorFlow keeps of every model. Part 2 runs the same search as `python -m
+search.run` (which goes on in a fresh process, same PID, once memory grows past --memory-limit)
+and samples the child's VmRSS from /proc/PID/status while it runs. Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import subprocess
 import sys
 import tempfile
+import threading
+import time
+from pathlib import Path
 
 import benchlib
 
@@ -22,40 +30,89 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--subset", type=float, default=0.02)
+    p.add_argument("--parts", default="1,2", help="1: in this process, 2: through search.run (default: both)")
     args = p.parse_args(argv)
+    parts = {s.strip() for s in args.parts.split(",")}
 
     with benchlib.Machine("bench_memory"), tempfile.TemporaryDirectory(prefix="fer-bench-memory-") as tmp:
-        import numpy as np
-        import optuna
-
-        from search.data import load_fer2013
-        from search.objective import Objective
-        from search.optuna_driver import OptunaObjective
-        from search.space import load_space
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        space = load_space(args.space).with_settings(epochs=args.epochs, min_epochs=1, subset=args.subset)
-        data = load_fer2013(args.data, labels=space.labels)
-        objective = OptunaObjective(Objective(data, space, log=None), space)
-        study = optuna.create_study(storage=f"sqlite:///{tmp}/optuna.db", direction="maximize",
-                                    sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner())
-        before = benchlib.rss_mb()
-        print(f"workload   {args.trials} random {space.model} trials of {args.epochs} epoch(s) on {args.subset:g} "
-              f"of Training ({len(objective.objective.train_split(args.subset))} images), validation {len(data.val)}")
-        print(f"rss        {before:.0f} MiB with the data loaded, before the first trial", flush=True)
-        rss = []
-        for i in range(args.trials):
-            study.optimize(objective, n_trials=1)
-            rss.append(benchlib.rss_mb())
-            t = study.trials[-1]
-            print(f"  trial {i + 1:>2} {t.state.name:<8} base_filters {t.params.get('base_filters')!s:>3} dense_units "
-                  f"{t.params.get('dense_units')!s:>5}  rss {rss[-1]:7.1f} MiB", flush=True)
-        slope = np.polyfit(np.arange(2, len(rss) + 1), rss[1:], 1)[0] if len(rss) > 2 else float("nan")
-        print(f"\n[4] resident memory over {args.trials} trials: {rss[0] - before:+.0f} MiB in the first trial "
-              f"(TensorFlow's one-time set-up), then {rss[-1] - rss[0]:+.0f} MiB from trial 1 to trial "
-              f"{args.trials} ({slope:+.1f} MiB a trial, fitted); {rss[-1] - before:+.0f} MiB in all "
-              f"(target <= 100 MB growth)")
+        if "1" in parts:
+            in_process(args, Path(tmp))
+        if "2" in parts:
+            through_cli(args, Path(tmp))
     return 0
+
+
+def in_process(args, tmp: Path) -> None:
+    import numpy as np
+    import optuna
+
+    from search.data import load_fer2013
+    from search.objective import Objective
+    from search.optuna_driver import OptunaObjective
+    from search.space import load_space
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(args.space).with_settings(epochs=args.epochs, min_epochs=1, subset=args.subset)
+    data = load_fer2013(args.data, labels=space.labels)
+    objective = OptunaObjective(Objective(data, space, log=None), space)
+    study = optuna.create_study(storage=f"sqlite:///{tmp}/in_process.db", direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner())
+    before = benchlib.rss_mb()
+    print(f"\npart 1     {args.trials} random {space.model} trials of {args.epochs} epoch(s) on {args.subset:g} of "
+          f"Training ({len(objective.objective.train_split(args.subset))} images) in this process; "
+          f"{before:.0f} MiB with the data loaded", flush=True)
+    rss = []
+    for i in range(args.trials):
+        study.optimize(objective, n_trials=1)
+        rss.append(benchlib.rss_mb())
+        t = study.trials[-1]
+        print(f"  trial {i + 1:>2} {t.state.name:<8} base_filters {t.params.get('base_filters')!s:>3} dense_units "
+              f"{t.params.get('dense_units')!s:>5}  rss {rss[-1]:7.1f} MiB", flush=True)
+    slope = np.polyfit(np.arange(2, len(rss) + 1), rss[1:], 1)[0] if len(rss) > 2 else float("nan")
+    print(f"[4] in one Python process: {rss[0] - before:+.0f} MiB in the first trial (TensorFlow's one-time "
+          f"set-up), then {rss[-1] - rss[0]:+.0f} MiB from trial 1 to trial {args.trials} ({slope:+.1f} MiB a trial, "
+          f"fitted): what TensorFlow keeps of every model, clear_session or not")
+
+
+def through_cli(args, tmp: Path) -> None:
+    command = [sys.executable, "-m", "search.run", "--space", args.space, "--trials", str(args.trials),
+               "--epochs", str(args.epochs), "--min-epochs", "1", "--subset", str(args.subset), "--sampler", "random",
+               "--pruner", "none", "--storage", f"sqlite:///{tmp}/cli.db", "--results", str(tmp), "--fresh"]
+    if args.data:
+        command += ["--data", args.data]
+    print(f"\npart 2     $ {' '.join(command[1:])}", flush=True)
+    proc = subprocess.Popen(command, cwd=benchlib.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"PYTHONPATH": str(benchlib.REPO)})
+    samples: list[float] = []
+    sampler = threading.Thread(target=_sample, args=(proc, samples), daemon=True)
+    sampler.start()
+    after_trial, restarts = [], 0
+    for line in proc.stdout:
+        if re.match(r"trial \d+ (complete|pruned|failed)", line):
+            after_trial.append(samples[-1] if samples else float("nan"))
+            print(f"  {line.rstrip()[:60]:<60} rss {after_trial[-1]:7.1f} MiB", flush=True)
+        elif "fresh process" in line:
+            restarts += 1
+            print(f"  {line.rstrip()}", flush=True)
+    proc.wait()
+    sampler.join()
+    first, peak = after_trial[0], max(samples)
+    print(f"[4] through search.run (--memory-limit 100, the default): after trial 1 {first:.0f} MiB, peak "
+          f"{peak:.0f} MiB over {len(after_trial)} trials ({peak - first:+.0f} MiB), after the last "
+          f"{after_trial[-1]:.0f} MiB ({after_trial[-1] - first:+.0f} MiB); {restarts} fresh process(es); exit code "
+          f"{proc.returncode} (target <= 100 MB growth)")
+
+
+def _sample(proc: subprocess.Popen, samples: list[float]) -> None:
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    samples.append(int(line.split()[1]) / 1024)
+        except OSError:
+            pass
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

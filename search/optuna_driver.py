@@ -265,16 +265,17 @@ def run_search(
       the budget it ends at once as failed, unsampled and untrained, with the user attribute
       `surplus` (samplers, the budget and the failure count all ignore failed trials).
 
-    With `memory_limit_mb`, it also stops (`recycle` set) once this process's resident memory has
-    grown by more than that since its first trial ended: TensorFlow keeps part of every model it
-    has trained (about 25-40 MB a trial here, whatever `clear_session` does; docs/performance.md),
-    and only a fresh process gives it back. The caller then continues the study in one.
+    With `memory_limit_mb`, it also stops (`recycle` set) before a trial that would take this
+    process's resident memory more than that above where it was after its first trial (judging by
+    the largest growth a trial has shown so far): TensorFlow keeps part of every model it has
+    trained (30-120 MB a trial here, whatever `clear_session` does; docs/performance.md), and only
+    a fresh process gives it back. The caller then continues the study in one.
     """
     deadline = time.monotonic() + timeout if timeout else None
     summary, failures, waiting = SearchSummary(), 0, False
     finished: list[optuna.trial.FrozenTrial] = []
     guarded = _within_budget(objective, n_trials)
-    baseline_mb = None
+    memory = _MemoryWatch(memory_limit_mb)
     while True:
         # A dead worker's trial still looks RUNNING until its heartbeat is found stale: fail (and
         # requeue) those first so they do not hold places in the budget.
@@ -298,6 +299,11 @@ def run_search(
             time.sleep(poll)
             continue
         waiting = False
+        if memory.full():
+            log(f"resident memory grew {memory.grown:.0f} MB in {summary.ran - 1} trials and the next could take it "
+                f"past {memory_limit_mb:g} MB (TensorFlow keeps part of every model); going on in a fresh process")
+            summary.recycle = True
+            break
         study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[lambda s, t: finished.append(t)])
         trial = finished[-1]
         if trial.user_attrs.get("surplus"):
@@ -312,15 +318,28 @@ def run_search(
                 f"{trial.user_attrs.get('fail_reason', 'no reason recorded')}. Fix that, then run the same "
                 f"command again to resume"
             )
-        rss = resident_mb() if memory_limit_mb is not None else None
-        if rss is not None:
-            baseline_mb = baseline_mb or rss  # after one trial: TensorFlow's one-time set-up is in it
-            if rss - baseline_mb > memory_limit_mb:
-                log(f"resident memory grew {rss - baseline_mb:.0f} MB in {summary.ran - 1} trials (TensorFlow keeps "
-                    f"part of every model); going on in a fresh process")
-                summary.recycle = True
-                break
+        memory.trial_ended()
     return summary
+
+
+class _MemoryWatch:
+    """Resident memory growth since the first trial ended (TensorFlow's one-time set-up is in it)."""
+
+    def __init__(self, limit_mb: float | None):
+        self.limit, self.baseline, self.last, self.step, self.grown = limit_mb, None, None, 0.0, 0.0
+
+    def trial_ended(self) -> None:
+        rss = resident_mb() if self.limit is not None else None
+        if rss is None:
+            return
+        if self.baseline is None:
+            self.baseline = rss
+        else:
+            self.step = max(self.step, rss - self.last)
+        self.last, self.grown = rss, rss - self.baseline
+
+    def full(self) -> bool:
+        return self.baseline is not None and self.grown + self.step > self.limit
 
 
 def resident_mb() -> float | None:

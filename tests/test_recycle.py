@@ -20,7 +20,7 @@ def test_search_over_its_memory_limit_continues_in_a_fresh_process(fer_slice, tm
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                           env=os.environ | {"PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stdout.count("going on in a fresh process") == 1  # after trial 1; trial 2 ends the budget
+    assert done.stdout.count("going on in a fresh process") == 1  # before trial 2; trial 2 ends the budget
     assert done.stdout.count("study 'baseline_cnn' in") == 2  # the fresh process resumed the same study...
     study = optuna.load_study(study_name="baseline_cnn", storage=db)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # ...without --fresh deleting it
