@@ -103,7 +103,7 @@ def make_pruner(name: str, space: Space) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     else:
         raise ValueError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
-    return ChancePruner(base, min_step=budget.min_epochs)
+    return ChancePruner(base, min_step=budget.min_epochs, max_step=budget.epochs)
 
 
 class ChancePruner(optuna.pruners.BasePruner):
@@ -116,15 +116,21 @@ class ChancePruner(optuna.pruners.BasePruner):
     that plateau went on (measured: 10 of 12 random trials sat there, docs/performance.md). A tie on
     the plateau carries no evidence for a trial; another trial having left the plateau by the same
     epoch does, against it.
+
+    Nothing is pruned at `max_step`, the last epoch: Hyperband's rung there (min_epochs x 3^k can
+    equal it) would mark a fully trained trial pruned, saving nothing and dropping its result.
     """
 
-    def __init__(self, base: optuna.pruners.BasePruner, min_step: int):
-        self.base, self.min_step = base, min_step
+    def __init__(self, base: optuna.pruners.BasePruner, min_step: int, max_step: int | None = None):
+        self.base, self.min_step, self.max_step = base, min_step, max_step
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is not None and self.max_step is not None and step >= self.max_step:
+            return False
         if self.base.prune(study, trial):
             return True
-        step, threshold = trial.last_step, trial.user_attrs.get("chance_threshold")
+        threshold = trial.user_attrs.get("chance_threshold")
         if step is None or step < self.min_step or threshold is None:
             return False
         if trial.intermediate_values[step] > threshold:

@@ -60,3 +60,12 @@ def test_the_default_pruners_prune_at_chance_and_none_never_does(tmp_path):
     curves, order = {0.25: LEARNS, 0.4: PLATEAU}, [0.25, 0.4]
     assert search(tmp_path / "h", lambda s: make_pruner("hyperband", s), curves, order)[1].state == TrialState.PRUNED
     assert search(tmp_path / "n", lambda s: make_pruner("none", s), curves, order)[1].state == TrialState.COMPLETE
+
+
+def test_a_trial_that_trained_every_epoch_is_never_pruned(tmp_path):
+    # Hyperband with min_epochs 2 and 6 epochs has a rung at 6, the last epoch: a trial below the
+    # rung's best there would be pruned after training in full.
+    better = [0.249, 0.30, 0.33, 0.36, 0.38, 0.45]
+    worse = [0.249, 0.30, 0.33, 0.36, 0.38, 0.40]
+    trials = search(tmp_path, lambda s: make_pruner("halving", s), {0.25: better, 0.4: worse}, [0.25, 0.4])
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
