@@ -236,6 +236,7 @@ class SearchSummary:
     ran: int = 0
     interrupted: bool = False
     recycle: bool = False  # stopped because memory grew past the limit: go on in a fresh process
+    memory_step: float = 0.0  # the largest growth of resident memory (MB) a trial has shown
 
 
 class SurplusTrial(Exception):
@@ -255,6 +256,7 @@ def run_search(
     max_failures: int = 3,
     poll: float | None = None,
     memory_limit_mb: float | None = None,
+    prior_memory_step_mb: float = 0.0,
     log: Callable[[str], None] = print,
 ) -> SearchSummary:
     """Run trials until the study holds `n_trials` finished ones (complete or pruned, counted over
@@ -273,7 +275,8 @@ def run_search(
 
     With `memory_limit_mb`, it also stops (`recycle` set) before a trial that would take this
     process's resident memory more than that above where it was after its first trial (judging by
-    the largest growth a trial has shown so far): TensorFlow keeps part of every model it has
+    the largest growth a trial has shown so far, `prior_memory_step_mb` carrying it over from the
+    processes before this one): TensorFlow keeps part of every model it has
     trained (30-120 MB a trial here, whatever `clear_session` does; docs/performance.md), and only
     a fresh process gives it back. The caller then continues the study in one.
     """
@@ -281,7 +284,7 @@ def run_search(
     summary, failures, waiting = SearchSummary(), 0, False
     finished: list[optuna.trial.FrozenTrial] = []
     guarded = _within_budget(objective, n_trials)
-    memory = _MemoryWatch(memory_limit_mb)
+    memory = _MemoryWatch(memory_limit_mb, prior_memory_step_mb)
     while True:
         # A dead worker's trial still looks RUNNING until its heartbeat is found stale: fail (and
         # requeue) those first so they do not hold places in the budget.
@@ -308,7 +311,7 @@ def run_search(
         if memory.full():
             log(f"resident memory grew {memory.grown:.0f} MB in {summary.ran - 1} trials and the next could take it "
                 f"past {memory_limit_mb:g} MB (TensorFlow keeps part of every model); going on in a fresh process")
-            summary.recycle = True
+            summary.recycle, summary.memory_step = True, memory.step
             break
         study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[lambda s, t: finished.append(t)])
         trial = finished[-1]
@@ -329,10 +332,13 @@ def run_search(
 
 
 class _MemoryWatch:
-    """Resident memory growth since the first trial ended (TensorFlow's one-time set-up is in it)."""
+    """Resident memory growth since the first trial ended (TensorFlow's one-time set-up is in it),
+    and the largest growth one trial has shown (`step`, seeded from earlier processes: without it, a
+    fresh process would learn again by overshooting that a trial can add more than the limit)."""
 
-    def __init__(self, limit_mb: float | None):
-        self.limit, self.baseline, self.last, self.step, self.grown = limit_mb, None, None, 0.0, 0.0
+    def __init__(self, limit_mb: float | None, prior_step: float = 0.0):
+        self.limit, self.baseline, self.last, self.grown = limit_mb, None, None, 0.0
+        self.step = max(prior_step, 0.0)
 
     def trial_ended(self) -> None:
         rss = resident_mb() if self.limit is not None else None

@@ -8,6 +8,7 @@ starts K of them on this machine (search/workers.py).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,9 @@ from search.cli import UsageError, add_data_flags, check_writable, fail, parse_o
 DRIVERS = ("optuna", "kerastuner")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # search.objective.PRECISIONS, without importing Keras
 JIT = {"auto": None, "on": True, "off": False}
+# Handed from a search to the fresh process it goes on in when its memory grows past --memory-limit.
+RUN_STARTED_ENV = "FER_SEARCH_RUN_STARTED"
+MEMORY_STEP_ENV = "FER_SEARCH_TRIAL_MEMORY_STEP"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,11 +176,14 @@ def _run_optuna(args: argparse.Namespace, space, reexec_argv: list[str] | None =
     objective = OptunaObjective(Objective(data, space, seed=args.seed, log=_log, precision=args.precision,
                                          jit=JIT[args.jit]), space)
     started, interrupted, summary = time.monotonic(), False, None
+    # A search that went on in a fresh process (memory) reports its time from its first process's start.
+    run_started = float(os.environ.get(RUN_STARTED_ENV, time.time())) if args.resumed else time.time()
     try:
         summary = run_search(study, objective, n_trials=args.trials, timeout=args.timeout,
                              max_failures=args.max_failures, poll=_poll(args.heartbeat), log=_log,
                              memory_limit_mb=args.memory_limit if reexec_argv is not None and args.memory_limit
-                             else None)
+                             else None,
+                             prior_memory_step_mb=float(os.environ.get(MEMORY_STEP_ENV, 0)) if args.resumed else 0.0)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: the running trial is marked failed; run the same command to resume", flush=True)
@@ -186,20 +193,19 @@ def _run_optuna(args: argparse.Namespace, space, reexec_argv: list[str] | None =
             paths = records.write_outputs(study, args.results, redact(url))
             _write_report(study, args.results, redact(url))
     if recycling:
+        os.environ[RUN_STARTED_ENV], os.environ[MEMORY_STEP_ENV] = f"{run_started:.3f}", f"{summary.memory_step:.1f}"
         _continue_in_fresh_process(reexec_argv, None if args.timeout is None
                                    else args.timeout - (time.monotonic() - started))
     if args.worker_id is not None:
         if not interrupted:
             print(f"done: {summary.ran} trials run by this worker", flush=True)
         return 130 if interrupted else 0
-    _print_summary(study, space, paths, time.monotonic() - started)
+    _print_summary(study, space, paths, time.time() - run_started)
     return 130 if interrupted else 0
 
 
 def _continue_in_fresh_process(argv: list[str], timeout_left: float | None) -> None:
     """Replace this process by the same command, which resumes the study (same PID, same output)."""
-    import os
-
     argv = [*argv, "--resumed"] + ([] if timeout_left is None else ["--timeout", f"{max(timeout_left, 0.001):.3f}"])
     sys.stdout.flush()
     sys.stderr.flush()

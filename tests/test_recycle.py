@@ -26,3 +26,18 @@ def test_search_over_its_memory_limit_continues_in_a_fresh_process(fer_slice, tm
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # ...without --fresh deleting it
     assert sum(bool(t.user_attrs.get("default_point")) for t in study.trials) == 1
     assert done.stdout.count("leaderboard: ") == 1 and (tmp_path / "baseline_cnn" / "trials.csv").exists()
+
+
+def test_a_fresh_process_knows_how_much_one_trial_can_add(monkeypatch):
+    """The largest growth of one trial carries over to the fresh process: told that a trial once added
+    150 MB, a process under a 100 MB limit goes on afresh after its first trial instead of finding out
+    again by passing the limit; told nothing, it runs a second trial."""
+    from search import optuna_driver
+
+    monkeypatch.setattr(optuna_driver, "resident_mb", lambda: 1000.0)
+    informed, naive = optuna_driver._MemoryWatch(100, prior_step=150), optuna_driver._MemoryWatch(100)
+    assert not informed.full() and not naive.full()  # nothing is known before the first trial ends
+    informed.trial_ended()
+    assert informed.full()
+    naive.trial_ended()
+    assert not naive.full()
