@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     benchlib.add_data_flag(p)
     p.add_argument("--space", default="baseline_cnn", help="space whose default point is trained")
     p.add_argument("--subset", type=float, default=0.25, help="fraction of Training (default: 0.25)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per throughput run; the first (tracing) "
+    p.add_argument("--epochs", type=int, default=4, help="epochs per throughput run; the first (tracing) "
                    "is left out (default: 3)")
     p.add_argument("--rounds", type=int, default=2, help="plain-fit/trial pairs, order alternating (default: 2)")
     p.add_argument("--framework-epochs", type=int, default=2, help="epochs of the trial whose framework "
@@ -67,10 +67,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {r + 1} {kind:<5} steady epochs (train + validation): "
                       f"{', '.join(f'{s:.2f}' for s in seconds)} s", flush=True)
 
+        # Epoch times on this VM are bimodal (about 10 s or 20 s for the same epoch, in plain fits and
+        # trials alike), so the median of few epochs can land on either mode: the fastest steady epoch
+        # is printed too, as the machine's undisturbed speed.
         plain_rate, trial_rate = n / benchlib.median(plain), n / benchlib.median(trial)
-        print(f"\n[2] training throughput, median steady epoch (validation included): plain model.fit "
-              f"{plain_rate:.0f} images/s, inside a trial {trial_rate:.0f} images/s: "
-              f"ratio {trial_rate / plain_rate:.3f} (target >= 0.95)")
+        plain_best, trial_best = n / min(plain), n / min(trial)
+        print(f"\n[2] training throughput, steady epochs (validation included): plain model.fit median "
+              f"{plain_rate:.0f} images/s, fastest {plain_best:.0f}; inside a trial median {trial_rate:.0f}, "
+              f"fastest {trial_best:.0f}: ratio {trial_rate / plain_rate:.3f} by medians, "
+              f"{trial_best / plain_best:.3f} by fastest epochs (target >= 0.95)")
         print(f"[3] overhead per trial, data loaded: trial start to first training step "
               f"{benchlib.median(first_begin):.2f} s, to the end of the first step (its tracing included) "
               f"{benchlib.median(first_end):.2f} s (target <= 3 s)")
@@ -78,12 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         short = space.with_settings(epochs=args.framework_epochs, min_epochs=1)
         timed = _Timed(Objective(data, short, log=None))
         wall, recorded = optuna_trial(timed, short, enqueue_params(short), optuna)
-        compute = args.framework_epochs * timed.timer.epoch_seconds[-1]
-        framework = wall - compute
+        t = timed.timer
+        steps = -(-n // config["batch_size"])
+        step = min(t.train_seconds[1:] or t.train_seconds) / steps  # a steady training step
+        validation = min(e - tr for e, tr in zip(t.epoch_seconds, t.train_seconds))  # a steady validation pass
+        # The framework's part: the wall time outside the epochs (sampling, building, recording), plus
+        # what tracing added to the first training step and to the first validation pass. The epochs
+        # themselves count as compute, whatever their speed (epoch times here are bimodal, see above).
+        outside = wall - sum(t.epoch_seconds)
+        tracing = (t.first_step_end - t.first_begin - step) + (t.epoch_seconds[0] - t.train_seconds[0] - validation)
+        framework = outside + tracing
         print(f"[3] framework share of a {args.framework_epochs}-epoch trial on {args.subset:g} of Training, run by "
-              f"study.optimize on a SQLite study: wall {wall:.2f} s; compute = {args.framework_epochs} x its own last "
-              f"(steady) epoch = {compute:.2f} s; the rest (sampling, building, tracing, recording) {framework:.2f} s "
-              f"= {100 * framework / wall:.1f}% (target <= 5%)")
+              f"study.optimize on a SQLite study: wall {wall:.2f} s; outside the epochs {outside:.2f} s, tracing "
+              f"(first step and first validation beyond their steady {step * 1000:.0f} ms and {validation:.2f} s) "
+              f"{tracing:.2f} s: {framework:.2f} s = {100 * framework / wall:.1f}% (target <= 5%)")
         print(f"    per run, once: writing trials.csv, best_config.yaml and leaderboard.html {recorded:.2f} s; "
               f"loading the cached data {load_seconds:.2f} s")
         print(f"[6] input pipeline alone (gather, cast, flip + rotation, batch): {pipeline:.0f} images/s = "
@@ -128,7 +141,7 @@ class _Timed:
         self.objective, self.timer = objective, None
 
     def __call__(self, config, **kwargs):
-        self.timer = benchlib.epoch_timer()
+        self.timer = benchlib.epoch_timer(per_batch=True)
         return self.objective(config, callbacks=[self.timer], **kwargs)
 
 

@@ -117,9 +117,12 @@ def epoch_timer(per_batch: bool = False):
             self.epoch_seconds: list[float] = []
             self.first_step_end: float | None = None
             self._begin = self._last_step = 0.0
+            self.first_begin: float | None = None
 
         def on_epoch_begin(self, epoch, logs=None):
             self._begin = time.perf_counter()
+            if self.first_begin is None:
+                self.first_begin = self._begin
 
         def on_epoch_end(self, epoch, logs=None):
             self.epoch_seconds.append(time.perf_counter() - self._begin)
