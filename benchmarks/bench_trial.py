@@ -154,7 +154,7 @@ def optuna_trial(objective, space, params: dict, optuna) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="fer-bench-trial-") as tmp:
         study = optuna.create_study(storage=f"sqlite:///{tmp}/optuna.db", study_name="bench",
                                     direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
-        study.set_user_attr("space", space.model_dump(mode="json", exclude_none=True))
+        study.set_user_attr("space", space.dump(mode="json"))
         study.enqueue_trial(params)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         started = time.perf_counter()

@@ -172,7 +172,7 @@ def open_study(
 
 def tag_study(study: optuna.Study, space: Space) -> None:
     """Record the space in a new study, so reports can read it and other spaces are refused."""
-    study.set_user_attr("space", space.model_dump(mode="json", exclude_none=True))
+    study.set_user_attr("space", space.dump(mode="json"))
     study.set_user_attr("space_name", space.name)
     study.set_user_attr("space_fingerprint", space.fingerprint())
 

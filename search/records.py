@@ -59,7 +59,9 @@ def study_space(study: optuna.Study) -> Space:
         raise ValueError(f"study {study.study_name!r} was not created by fer-search: it stores no space")
     # Checked against its model builder when the study was created; space_from_dict would check
     # again and import Keras and TensorFlow, which reports and exports must not wait for.
-    return Space.model_validate({**data, "path": f"study {study.study_name!r}"})
+    params = {name: ({"value": None} | p if p.get("type") == "fixed" else p)  # studies stored before
+              for name, p in data.get("params", {}).items()}                # Space.dump dropped a null value
+    return Space.model_validate({**data, "params": params, "path": f"study {study.study_name!r}"})
 
 
 def best_trial(study: optuna.Study, rank: int = 1) -> optuna.trial.FrozenTrial:

@@ -263,20 +263,29 @@ class Space(_Strict):
     def with_settings(self, **changes: Any) -> Space:
         """A copy with `labels`, or budget fields (`epochs`, `subset`, `min_epochs`), changed."""
         budget = {k: changes.pop(k) for k in ("epochs", "subset", "min_epochs") if k in changes}
-        data = self.model_dump(exclude_none=True) | changes
+        data = self.dump() | changes
         data["budget"] = self.budget.model_dump() | budget
         if budget.get("epochs") and "min_epochs" not in budget:
             data["budget"]["min_epochs"] = min(data["budget"]["min_epochs"], budget["epochs"])
         return _validate(data, self.path or self.name)
 
     # -- identity and output ------------------------------------------------------------------
+    def dump(self, **kwargs: Any) -> dict[str, Any]:
+        """`model_dump` without the unset optional fields (None), but keeping a parameter fixed at
+        None (`weights: null`), which is a value, not an absence."""
+        data = self.model_dump(exclude_none=True, **kwargs)
+        for name, param in self.params.items():
+            if isinstance(param, FixedParam) and param.value is None and name in data.get("params", {}):
+                data["params"][name]["value"] = None
+        return data
+
     def fingerprint(self) -> str:
         """A short hash of what the space searches; a study remembers it to refuse another space."""
         data = self.model_dump(mode="json", exclude={"description", "source", "budget", "path"})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     def to_yaml(self) -> str:
-        data = self.model_dump(mode="json", exclude_none=True, exclude={"path"})
+        data = self.dump(mode="json", exclude={"path"})
         data["params"] = {
             n: (p["value"] if p.get("type") == "fixed" and "when" not in p else p)
             for n, p in data.get("params", {}).items()

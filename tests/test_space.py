@@ -154,3 +154,19 @@ def test_fingerprint_ignores_budget_but_not_params():
     assert space.with_settings(epochs=3).fingerprint() == space.fingerprint()
     assert space.with_fixed({"dropout": 0.3}).fingerprint() != space.fingerprint()
     assert space.with_settings(labels="fer4").fingerprint() != space.fingerprint()
+
+
+def test_a_parameter_fixed_at_null_survives_every_copy_and_export(tmp_path):
+    """`--set weights=null` (ResNet50 from scratch): None is the value, not a missing field."""
+    from search.records import study_space
+
+    space = load_space("resnet_unfreeze").with_fixed({"weights": None}).with_settings(subset=0.02, epochs=2)
+    assert space.params["weights"].value is None
+    study = optuna.create_study(study_name="s")
+    study.set_user_attr("space", space.dump(mode="json"))  # what a study stores
+    assert study_space(study).params["weights"].value is None
+    exported = space.fixed(space.defaults())
+    path = tmp_path / "best.yaml"
+    path.write_text(exported.to_yaml())
+    assert "weights: null" in path.read_text()
+    assert load_space(path).defaults()["weights"] is None
