@@ -104,14 +104,12 @@ def through_cli(args, tmp: Path) -> None:
 
 
 def _sample(proc: subprocess.Popen, samples: list[float]) -> None:
-    status = Path(f"/proc/{proc.pid}/status")
+    from search.optuna_driver import resident_mb
+
     while proc.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    samples.append(int(line.split()[1]) / 1024)
-        except OSError:
-            pass
+        rss = resident_mb(proc.pid)
+        if rss is not None:
+            samples.append(rss)
         time.sleep(0.2)
 
 

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--space", default="baseline_cnn", help="space whose default point is trained")
     p.add_argument("--subset", type=float, default=0.25, help="fraction of Training (default: 0.25)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per throughput run; the first (tracing) "
-                   "is left out (default: 3)")
+                   "is left out (default: 4)")
     p.add_argument("--rounds", type=int, default=2, help="plain-fit/trial pairs, order alternating (default: 2)")
     p.add_argument("--framework-epochs", type=int, default=2, help="epochs of the trial whose framework "
                    "share is measured (default: 2)")

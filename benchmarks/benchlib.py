@@ -55,10 +55,12 @@ def load_average() -> str:
 
 def rss_mb() -> float:
     """Resident memory of this process in MiB, from /proc/self/status (VmRSS)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status: resident memory is measured on Linux only")
+    from search.optuna_driver import resident_mb
+
+    rss = resident_mb()
+    if rss is None:
+        raise RuntimeError("no VmRSS in /proc/self/status: resident memory is measured on Linux only")
+    return rss
 
 
 def versions(*modules: str) -> str:

@@ -113,7 +113,8 @@ class ChancePruner(optuna.pruners.BasePruner):
 
     For their first epochs, most FER2013 configurations predict the majority class, so their
     accuracies tie at its share, and successive halving and Hyperband promote ties: every trial on
-    that plateau went on (measured: 10 of 12 random trials sat there, docs/performance.md). A tie on
+    that plateau went on (measured: in 12 random trials on a quarter of Training none left it before
+    epoch 5, and 5 never did within 9 epochs; docs/performance.md). A tie on
     the plateau carries no evidence for a trial; another trial having left the plateau by the same
     epoch does, against it.
 
@@ -277,7 +278,8 @@ def run_search(
     process's resident memory more than that above where it was after its first trial (judging by
     the largest growth a trial has shown so far, `prior_memory_step_mb` carrying it over from the
     processes before this one): TensorFlow keeps part of every model it has
-    trained (30-120 MB a trial here, whatever `clear_session` does; docs/performance.md), and only
+    trained (33 MB a trial on average here, up to 184 MB for one, whatever `clear_session` does;
+    docs/performance.md), and only
     a fresh process gives it back. The caller then continues the study in one.
     """
     deadline = time.monotonic() + timeout if timeout else None
@@ -338,8 +340,12 @@ class _MemoryWatch:
     fresh process would learn again by overshooting that a trial can add more than the limit)."""
 
     def __init__(self, limit_mb: float | None, prior_step: float = 0.0):
-        self.limit, self.baseline, self.last, self.grown = limit_mb, None, None, 0.0
+        self.limit, self.baseline, self.last = limit_mb, None, None
         self.step = max(prior_step, 0.0)
+
+    @property
+    def grown(self) -> float:
+        return 0.0 if self.baseline is None else self.last - self.baseline
 
     def trial_ended(self) -> None:
         rss = resident_mb() if self.limit is not None else None
@@ -349,16 +355,17 @@ class _MemoryWatch:
             self.baseline = rss
         else:
             self.step = max(self.step, rss - self.last)
-        self.last, self.grown = rss, rss - self.baseline
+        self.last = rss
 
     def full(self) -> bool:
         return self.baseline is not None and self.grown + self.step > self.limit
 
 
-def resident_mb() -> float | None:
-    """This process's resident memory in MB (VmRSS), or None where /proc is missing."""
+def resident_mb(pid: int | str = "self") -> float | None:
+    """Resident memory (VmRSS) in MB of this process, or of process `pid`; None where /proc is missing
+    or the process is gone."""
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
