@@ -68,20 +68,25 @@ def check_seed(seed: object) -> None:
 def make_optimizer(
     optimizer: str, *, learning_rate: float, momentum: float, weight_decay: float
 ) -> keras.optimizers.Optimizer:
-    """Adam (AdamW when weight_decay > 0) or Nesterov SGD with momentum."""
+    """Adam (AdamW when weight_decay > 0) or Nesterov SGD with momentum, each updating a variable
+    with one fused TensorFlow kernel (fer_models._optimizers: the same arithmetic, faster)."""
+    from fer_models._optimizers import fuse
+
     learning_rate = check_float("learning_rate", learning_rate, low=0.0, low_inclusive=False)
     momentum = check_float("momentum", momentum, low=0.0, high=1.0)
     weight_decay = check_float("weight_decay", weight_decay, low=0.0)
     if optimizer == "adam":
         if weight_decay > 0:
-            return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
-        return keras.optimizers.Adam(learning_rate=learning_rate)
+            return fuse(keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay))
+        return fuse(keras.optimizers.Adam(learning_rate=learning_rate))
     if optimizer == "sgd":
-        return keras.optimizers.SGD(
-            learning_rate=learning_rate,
-            momentum=momentum,
-            nesterov=True,
-            weight_decay=weight_decay or None,
+        return fuse(
+            keras.optimizers.SGD(
+                learning_rate=learning_rate,
+                momentum=momentum,
+                nesterov=True,
+                weight_decay=weight_decay or None,
+            )
         )
     choices = ", ".join(map(repr, OPTIMIZERS))
     raise ValueError(f"optimizer must be one of {choices}; got {optimizer!r}")

@@ -161,6 +161,55 @@ def test_optimizer_choices():
     assert adamw.optimizer.weight_decay == pytest.approx(1e-4)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"optimizer": "adam", "learning_rate": 1e-3},
+        {"optimizer": "adam", "learning_rate": 1e-3, "weight_decay": 1e-2},
+        {"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9},
+        {"optimizer": "sgd", "learning_rate": 0.05, "momentum": 0.9, "weight_decay": 1e-2},
+    ],
+    ids=["adam", "adamw", "sgd-nesterov", "sgd-nesterov-decay"],
+)
+def test_fused_update_does_keras_arithmetic(kwargs):
+    from fer_models._common import make_optimizer
+
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(3, 4)).astype("float32"), rng.normal(size=(4,)).astype("float32")]
+    grads = [[rng.normal(size=w.shape).astype("float32") for w in start] for _ in range(5)]
+    options = {"momentum": 0.9, "weight_decay": 0.0} | {k: v for k, v in kwargs.items() if k != "optimizer"}
+
+    def train(optimizer):
+        variables = [keras.Variable(w) for w in start]
+        for step in grads:
+            optimizer.apply(step, variables)
+        return [v.numpy() for v in variables]
+
+    fused = make_optimizer(kwargs["optimizer"], **options)
+    plain = type(fused).from_config(fused.get_config())  # a fresh Keras optimizer, its own update step
+    assert "update_step" in vars(fused) and "update_step" not in vars(plain)
+    moved = train(fused)
+    for got, want, before in zip(moved, train(plain), start):
+        assert not np.allclose(got, before)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_saved_model_loads_without_fer_models(tmp_path):
+    # The fused step is bound to a plain Keras optimizer, so the file names keras's Adam, not ours.
+    model = build_baseline_cnn(seed=0, base_filters=4, dense_units=16)
+    model.fit(raw_images(16), raw_labels(16), epochs=1, batch_size=8, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    code = (
+        "import sys, keras; m = keras.models.load_model(sys.argv[1]); "
+        "assert 'fer_models' not in sys.modules; print(type(m.optimizer).__name__, int(m.optimizer.iterations))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["Adam", "2"]
+
+
 def test_seed_makes_initial_weights_reproducible():
     def first_kernel(seed):
         keras.backend.clear_session()
