@@ -168,7 +168,9 @@ class Objective:
         train_ds, val_ds = self.datasets(config, subset)
         best = _BestEpoch(val_ds, val.y, self.data.num_classes, on_epoch=on_epoch, log=self.log, label=label,
                           epochs=epochs, started=started, checkpoint_dir=checkpoint_dir)
-        all_callbacks = [_NanGuard(), best, *_schedule(training["lr_schedule"], epochs), *callbacks]
+        # The schedule starts from the configuration's rate, read before a resumed run restores a decayed one.
+        schedule = _schedule(training["lr_schedule"], epochs, float(model.optimizer.learning_rate))
+        all_callbacks = [_NanGuard(), best, *schedule, *callbacks]
         # Optimizer variables made inside the first training step make TensorFlow trace the step
         # twice (about a second a trial here), and a checkpoint would skip their saved state.
         model.optimizer.build(model.trainable_variables)
@@ -292,6 +294,7 @@ class _BestEpoch(keras.callbacks.Callback):
             logs.update(val_loss=scores["val_loss"], val_accuracy=scores["val_accuracy"])
         logs = {k: float(v) for k, v in (logs or {}).items() if np.ndim(v) == 0}
         row = {k: logs[k] for k in ("loss", "accuracy") if k in logs} | scores
+        row["learning_rate"] = float(self.model.optimizer.learning_rate)  # what this epoch trained at
         row["seconds"] = time.perf_counter() - self._epoch_started
         self.history.append(row)
         accuracy = row.get("val_accuracy", float("nan"))
@@ -313,24 +316,23 @@ class _BestEpoch(keras.callbacks.Callback):
             self.on_epoch(epoch, row | {"best_val_accuracy": self.best_accuracy})
 
 
-def _schedule(kind: str, epochs: int) -> list[Any]:
+def _schedule(kind: str, epochs: int, base: float) -> list[Any]:
     if kind == "constant":
         return []
     if kind == "plateau":
         return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-6)]
     if kind == "cosine":
-        return [_Cosine(epochs)]
+        return [_Cosine(epochs, base)]
     raise ValueError(f"lr_schedule {kind!r} is not one of constant, cosine, plateau")
 
 
 class _Cosine(keras.callbacks.Callback):
-    """Cosine decay of the learning rate from its initial value to zero over the trial's epochs."""
+    """Cosine decay of the learning rate from `base` towards zero over the trial's epochs, set at the
+    start of each epoch from the epoch's index alone, so a resumed run continues the same curve."""
 
-    def __init__(self, epochs: int):
+    def __init__(self, epochs: int, base: float):
         super().__init__()
-        self.epochs, self.base = epochs, None
+        self.epochs, self.base = epochs, base
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if self.base is None:
-            self.base = float(self.model.optimizer.learning_rate)
         self.model.optimizer.learning_rate = self.base * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))

@@ -84,3 +84,24 @@ def test_interrupted_final_training_resumes_from_its_checkpoint(fer_slice, tmp_p
 def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert train.main(["--config", str(tmp_path / "missing.yaml"), "--results", str(tmp_path)]) == 2
     assert f"space file {tmp_path / 'missing.yaml'} does not exist" in capsys.readouterr().err
+
+
+def test_cosine_schedule_follows_its_curve_across_an_interruption(fer_slice, tmp_path):
+    class StopAfterSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    from search.objective import Objective
+
+    space = load_space("baseline_cnn").with_fixed({"batch_size": 32, "lr_schedule": "cosine"})
+    data = load_fer2013(fer_slice)
+    base = space.defaults()["learning_rate"]
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        Objective(data, space, log=None)(space.defaults(), epochs=4, checkpoint_dir=ckpt,
+                                          callbacks=[StopAfterSecondEpoch()])
+    # The restored optimizer holds the decayed rate of epoch 2; the curve still starts from the config's.
+    result = Objective(data, space, log=None)(space.defaults(), epochs=4, checkpoint_dir=ckpt)
+    expected = [base * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
+    np.testing.assert_allclose([h["learning_rate"] for h in result.history], expected, rtol=1e-5)
