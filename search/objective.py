@@ -138,6 +138,11 @@ class Objective:
         train = self.train_split(subset or self.space.budget.subset)
         train_ds = make_dataset(train, batch_size=int(training["batch_size"]), training=True, augment=augment,
                                 seed=self.seed)
+        if training["label_smoothing"]:
+            import tensorflow as tf
+
+            k = self.data.num_classes
+            train_ds = train_ds.map(lambda x, y: (x, tf.one_hot(y, k)), num_parallel_calls=tf.data.AUTOTUNE)
         return train_ds, make_dataset(self.data.val, batch_size=256, training=False)
 
     def __call__(
@@ -164,6 +169,11 @@ class Objective:
         _, training = split_config(config, self.builder_params)
         started = time.perf_counter()
         model = self.build(config)
+        if training["label_smoothing"]:
+            # Keras's sparse cross-entropy has no label smoothing: the categorical one, on one-hot labels
+            # (datasets() makes them), with the builder's optimizer; validation reads probabilities alone.
+            model.compile(optimizer=model.optimizer, metrics=["accuracy"],
+                          loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(training["label_smoothing"])))
         train, val = self.train_split(subset), self.data.val
         train_ds, val_ds = self.datasets(config, subset)
         best = _BestEpoch(val_ds, val.y, self.data.num_classes, on_epoch=on_epoch, log=self.log, label=label,

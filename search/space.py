@@ -43,6 +43,19 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "shift": 0.0,
     "class_weights": False,
     "lr_schedule": "constant",  # constant | cosine | plateau
+    "label_smoothing": 0.0,
+}
+LR_SCHEDULES = ("constant", "cosine", "plateau")
+# What each training setting may be, checked at load time so a bad value fails before any training.
+_SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
+    "flip": (lambda v: isinstance(v, bool), "true or false"),
+    "class_weights": (lambda v: isinstance(v, bool), "true or false"),
+    "rotation": (lambda v: _number(v) and 0 <= v <= 0.5, "a fraction of a turn in [0, 0.5]"),
+    "zoom": (lambda v: _number(v) and 0 <= v <= 0.9, "a fraction in [0, 0.9]"),
+    "shift": (lambda v: _number(v) and 0 <= v <= 0.9, "a fraction of the image in [0, 0.9]"),
+    "lr_schedule": (lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
+    "label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
 # Builder arguments the framework sets itself from the data and the run.
 RESERVED = ("num_classes", "input_shape", "seed")
@@ -389,6 +402,8 @@ def _check_references(space: Space, where: str) -> None:
                 raise SpaceError(f"{where}: parameter {name!r} has a condition on unknown parameter {parent!r}")
             if parent not in seen:
                 raise SpaceError(f"{where}: parameter {name!r} depends on {parent!r}; list {parent!r} before it")
+        if name in _SETTING_RULES:
+            _check_setting(where, name, p)
         if isinstance(p, FloatParam) and p.ranges is not None:
             parent = space.params[p.depends_on]  # type: ignore[index]
             options = parent.choices if isinstance(parent, CategoricalParam) else [parent.default]
@@ -402,6 +417,28 @@ def _check_references(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: the default point is invalid: {exc}") from None
     for name, value in values.items():
         space.validate_value(name, value, values)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_setting(where: str, name: str, p: Any) -> None:
+    """Every value a training setting can take must be one the objective accepts."""
+    rule, wanted = _SETTING_RULES[name]
+    if isinstance(p, CategoricalParam):
+        values = p.choices
+    elif isinstance(p, FixedParam):
+        values = [p.value]
+    elif isinstance(p, BoolParam):
+        values = [True, False]
+    elif isinstance(p, FloatParam) and p.ranges is not None:
+        values = [v for r in p.ranges.values() for v in (r.low, r.high)]
+    else:
+        values = [p.low, p.high]
+    bad = [v for v in values if not rule(v)]
+    if bad:
+        raise SpaceError(f"{where}: parameter {name!r} can take {bad[0]!r}, but it must be {wanted}")
 
 
 def _check_range(low: float, high: float, log: bool, step: float | None, default: float | None) -> None:

@@ -64,6 +64,17 @@ def test_shipped_spaces_load_and_default_to_the_seed_configuration():
          optimizer: {type: categorical, choices: [adam, sgd], default: adam}
          learning_rate: {type: float, log: true, depends_on: optimizer, ranges: {adam: {low: 1.0e-4, high: 1.0e-3}}}""",
          "parameter 'learning_rate' has no range for optimizer=sgd"),
+        # training settings: every value they can take must be one the objective accepts
+        ("lr_schedule: {type: categorical, choices: [constant, linear], default: constant}",
+         "parameter 'lr_schedule' can take 'linear', but it must be one of constant, cosine, plateau"),
+        ("rotation: {type: float, low: 0.0, high: 0.8, default: 0.1}",
+         "parameter 'rotation' can take 0.8, but it must be a fraction of a turn in [0, 0.5]"),
+        ("batch_size: {type: categorical, choices: [0, 64], default: 64}",
+         "parameter 'batch_size' can take 0, but it must be a whole number >= 1"),
+        ("batch_size: {type: float, low: 16, high: 64, default: 32}",
+         "parameter 'batch_size' can take 16.0, but it must be a whole number >= 1"),
+        ("label_smoothing: 1.0", "parameter 'label_smoothing' can take 1.0, but it must be a number in [0, 1)"),
+        ("flip: 'yes'", "parameter 'flip' can take 'yes', but it must be true or false"),
     ],
 )
 def test_bad_spaces_fail_naming_file_parameter_and_fix(tmp_path, params, message):

@@ -105,3 +105,21 @@ def test_cosine_schedule_follows_its_curve_across_an_interruption(fer_slice, tmp
     result = Objective(data, space, log=None)(space.defaults(), epochs=4, checkpoint_dir=ckpt)
     expected = [base * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
     np.testing.assert_allclose([h["learning_rate"] for h in result.history], expected, rtol=1e-5)
+
+
+def test_label_smoothing_trains_on_one_hot_labels_with_the_smoothed_loss(fer_slice, tmp_path):
+    from search.objective import Objective
+
+    path = tmp_path / "smooth.yaml"
+    path.write_text("model: baseline_cnn\nparams: {batch_size: 32, label_smoothing: 0.1, base_filters: 8}\n")
+    space = load_space(path)
+    data = load_fer2013(fer_slice)
+    objective = Objective(data, space, log=None)
+    train_ds, _ = objective.datasets(space.defaults())
+    _, labels = next(iter(train_ds))
+    assert labels.shape == (32, data.num_classes)  # one-hot: the categorical loss needs them
+
+    result = objective(space.defaults(), epochs=1)
+    loss = result.model.loss
+    assert isinstance(loss, keras.losses.CategoricalCrossentropy) and loss.get_config()["label_smoothing"] == 0.1
+    assert np.isfinite(result.history[0]["loss"]) and 0 <= result.value <= 1
