@@ -110,15 +110,20 @@ def summarize(storage: str, name: str, subset: float) -> dict:
                        "params": t.params})
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     best = max(complete, key=lambda t: t["value"]) if complete else None
-    return {"trials": trials, "ee": sum(t["epochs"] for t in trials) * subset,
-            "epochs": sum(t["epochs"] for t in trials), "best": best["value"] if best else float("nan"),
-            "best_trial": best["number"] if best else None}
+    # A failed trial is a killed worker's or an interrupted run's (it is retried), not the search's
+    # choice: its epochs are shown apart and left out of the arm's cost.
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    return {"trials": trials, "ee": sum(t["epochs"] for t in finished) * subset,
+            "epochs": sum(t["epochs"] for t in finished), "best": best["value"] if best else float("nan"),
+            "best_trial": best["number"] if best else None,
+            "failed_epochs": sum(t["epochs"] for t in trials if t["state"] == "FAIL")}
 
 
 def print_arm(arm: str, s: dict) -> None:
     wall = "reused" if s["wall"] is None else f"{s['wall'] / 60:.1f} min"
+    failed = f"; {s['failed_epochs']} more epochs in failed (retried) trials, not counted" if s["failed_epochs"] else ""
     print(f"{arm}: {len(s['trials'])} trials, {s['epochs']} epochs = {s['ee']:.2f} epoch-equivalents, best "
-          f"{s['best']:.4f} (trial {s['best_trial']}), wall {wall}")
+          f"{s['best']:.4f} (trial {s['best_trial']}), wall {wall}{failed}")
     for t in s["trials"]:
         value = f"{t['value']:.4f}" if t["value"] is not None else "-"
         reached = f"{t['best_so_far']:.4f}" if t["best_so_far"] is not None else "-"

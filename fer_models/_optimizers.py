@@ -5,8 +5,9 @@ subtract, multiply, three assignments...). On the TensorFlow backend every one o
 node that Python traces once per model and the executor schedules on every step. A search builds a
 new model every trial, so that tracing is paid every trial, and the seed's CNN has 56 variables.
 TensorFlow's fused kernels (`ResourceApplyAdam`, `ResourceApplyKerasMomentum`) do the same
-arithmetic in one op a variable: measured on the seed's CNN here, the first `fit` call (tracing)
-went from 1.8 to 1.4 s and a steady training step from about 61 to 53 ms (docs/performance.md).
+arithmetic in one op a variable: on the seed's CNN the first `fit` call of a new model (tracing
+included) is 1.4x faster, a steady step about as fast (benchmarks/bench_optimizer.py,
+docs/performance.md).
 
 `fuse` binds the fused step to a plain Keras optimizer instance rather than subclassing it, so a
 saved model records a plain `Adam` or `SGD` and loads anywhere without this package (where it runs
