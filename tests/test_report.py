@@ -72,7 +72,7 @@ def build_study(tmp_path: Path, name: str = "cnn", *, two_drivers: bool = True) 
     _add(study, space, {"batch_size": 128}, TrialState.FAIL, [0.19], start=at[3], seconds=10,
          fail_reason=f"ValueError: {XSS} broke the model")                                   # 4
     _add(study, space, {"dense_units": 1024, "base_filters": 32}, TrialState.COMPLETE, [0.30, 0.37, 0.38],
-         driver=other, start=at[4], seconds=120, config_override={"flip": XSS})             # 5
+         driver=other, start=at[4], seconds=120, config_override={"optimizer": XSS})        # 5
     _add(study, space, {"zoom": 0.1}, TrialState.PRUNED, [0.15, 0.18, 0.21], driver=other, start=at[5])  # 6
     _add(study, space, {"shift": 0.05}, TrialState.RUNNING, [0.2, 0.26], start=at[6])      # 7
     return study, url
