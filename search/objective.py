@@ -19,7 +19,7 @@ import numpy as np
 
 from search import metrics
 from search.data import Augment, FERData, Split, make_dataset
-from search.space import TRAINING_DEFAULTS, Space
+from search.space import LR_SCHEDULES, TRAINING_DEFAULTS, Space
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 """Keras dtype policies a trial may train under: mixed_bfloat16 for CPUs with AVX512_BF16/AMX (and
@@ -333,7 +333,7 @@ def _schedule(kind: str, epochs: int, base: float) -> list[Any]:
         return [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=3, min_lr=1e-6)]
     if kind == "cosine":
         return [_Cosine(epochs, base)]
-    raise ValueError(f"lr_schedule {kind!r} is not one of constant, cosine, plateau")
+    raise ValueError(f"lr_schedule {kind!r} is not one of {', '.join(LR_SCHEDULES)}")
 
 
 class _Cosine(keras.callbacks.Callback):

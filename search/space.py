@@ -32,6 +32,8 @@ from typing import Annotated, Any, Callable, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from search.data.pipeline import AUGMENT_LIMITS
+
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
 
 # Settings the objective consumes (not the model builder); each may be searched like any parameter.
@@ -51,9 +53,8 @@ _SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
     "flip": (lambda v: isinstance(v, bool), "true or false"),
     "class_weights": (lambda v: isinstance(v, bool), "true or false"),
-    "rotation": (lambda v: _number(v) and 0 <= v <= 0.5, "a fraction of a turn in [0, 0.5]"),
-    "zoom": (lambda v: _number(v) and 0 <= v <= 0.9, "a fraction in [0, 0.9]"),
-    "shift": (lambda v: _number(v) and 0 <= v <= 0.9, "a fraction of the image in [0, 0.9]"),
+    **{field: (lambda v, high=high: _number(v) and 0 <= v <= high, f"{what} in [0, {high}]")
+       for (field, high), what in zip(AUGMENT_LIMITS.items(), ("a fraction of a turn", "a fraction", "a fraction of the image"))},
     "lr_schedule": (lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
     "label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
 }

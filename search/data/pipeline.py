@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 
+AUGMENT_LIMITS = {"rotation": 0.5, "zoom": 0.9, "shift": 0.9}
+"""The largest rotation (fraction of a turn), zoom and shift (fractions) an Augment takes."""
+
+
 @dataclass(frozen=True)
 class Augment:
     """Random training-time augmentation, applied to whole batches in one affine warp.
@@ -36,8 +40,7 @@ class Augment:
     shift: float = 0.0
 
     def __post_init__(self) -> None:
-        limits = {"rotation": 0.5, "zoom": 0.9, "shift": 0.9}
-        for field, high in limits.items():
+        for field, high in AUGMENT_LIMITS.items():
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= high:
                 raise ValueError(f"Augment.{field} must be a number in [0, {high}], got {value!r}")
