@@ -5,7 +5,7 @@
 A search builds a new model every trial, and Keras writes an optimizer's update as a dozen ops a
 variable, which TensorFlow traces once per model and runs every step. fer_models binds a fused
 kernel (one op a variable) to the same Keras optimizer (fer_models/_optimizers.py). For each
-optimizer, this builds the space's default CNN with the fused and with Keras's own update, in
+optimizer, this builds the seed's CNN (the builder's defaults) with the fused and with Keras's own update, in
 rotated order round after round in one process, on real FER2013 batches (batch 64, flip +
 rotation), and prints: the first `fit` call of one step (building the optimizer's variables,
 tracing, the step itself), and the median steady step over --steps steps. Ratios are Keras's time
@@ -35,10 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         import keras
 
         from search.data import Augment, load_fer2013, make_dataset
-        from search.space import load_space
 
-        space = load_space("baseline_cnn")
-        data = load_fer2013(args.data, labels=space.labels)
+        data = load_fer2013(args.data)
         batches = make_dataset(data.train, batch_size=64, training=True, augment=Augment(flip=True, rotation=0.028),
                                seed=0).take(args.steps + 1).cache()
         for _ in batches:  # decode and augment once, outside every timing
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             for optimizer in optimizers:
                 order = ("fused", "keras") if r % 2 == 0 else ("keras", "fused")
                 for kind in order:
-                    first, step = measure(keras, space, optimizer, kind, batches, args.steps)
+                    first, step = measure(keras, optimizer, kind, batches)
                     slot = results.setdefault((optimizer, kind), {"first": [], "step": []})
                     slot["first"].append(first)
                     slot["step"].append(step)
@@ -66,15 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def measure(keras, space, optimizer: str, kind: str, batches, steps: int) -> tuple[float, float]:
-    """(seconds of the first one-step fit, median seconds of a steady step) for one new model."""
+def measure(keras, optimizer: str, kind: str, batches) -> tuple[float, float]:
+    """(seconds of the first one-step fit, median seconds of a steady step) for one new seed CNN."""
     from fer_models.baseline_cnn import build_baseline_cnn
 
     keras.backend.clear_session()
-    config = space.defaults() | {"optimizer": optimizer}
-    config["learning_rate"] = 8e-4 if optimizer == "adam" else 1e-2
-    model = build_baseline_cnn(dropout=config["dropout"], dense_dropout=config["dense_dropout"],
-                               optimizer=optimizer, learning_rate=config["learning_rate"], seed=0)
+    learning_rate = 8e-4 if optimizer == "adam" else 1e-2  # the spaces' defaults for each
+    model = build_baseline_cnn(optimizer=optimizer, learning_rate=learning_rate, seed=0)
     if kind == "keras":  # the same optimizer, its own update step: a fresh instance from the config
         model.compile(optimizer=type(model.optimizer).from_config(model.optimizer.get_config()),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])

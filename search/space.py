@@ -48,13 +48,24 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
 }
 LR_SCHEDULES = ("constant", "cosine", "plateau")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _fraction(high: float, what: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _number(v) and 0 <= v <= high), f"{what} in [0, {high}]"
+
+
 # What each training setting may be, checked at load time so a bad value fails before any training.
 _SETTING_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
     "flip": (lambda v: isinstance(v, bool), "true or false"),
     "class_weights": (lambda v: isinstance(v, bool), "true or false"),
-    **{field: (lambda v, high=high: _number(v) and 0 <= v <= high, f"{what} in [0, {high}]")
-       for (field, high), what in zip(AUGMENT_LIMITS.items(), ("a fraction of a turn", "a fraction", "a fraction of the image"))},
+    "rotation": _fraction(AUGMENT_LIMITS["rotation"], "a fraction of a turn"),
+    "zoom": _fraction(AUGMENT_LIMITS["zoom"], "a fraction"),
+    "shift": _fraction(AUGMENT_LIMITS["shift"], "a fraction of the image"),
     "lr_schedule": (lambda v: v in LR_SCHEDULES, "one of " + ", ".join(LR_SCHEDULES)),
     "label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
@@ -418,10 +429,6 @@ def _check_references(space: Space, where: str) -> None:
         raise SpaceError(f"{where}: the default point is invalid: {exc}") from None
     for name, value in values.items():
         space.validate_value(name, value, values)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_setting(where: str, name: str, p: Any) -> None:
