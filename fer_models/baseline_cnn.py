@@ -23,6 +23,7 @@ def build_baseline_cnn(
     base_filters: int = 16,
     conv_blocks: int = 4,
     dropout: float = 0.25,
+    conv_batchnorm: bool = False,
     dense_units: int = 512,
     dense_layers: int = 3,
     dense_dropout: float = 0.25,
@@ -36,7 +37,8 @@ def build_baseline_cnn(
     """Build and compile the baseline CNN; the defaults reproduce the seed recipe.
 
     Block i is two 3x3 'same' ReLU convolutions of ``base_filters * 2**i`` filters followed by
-    BatchNormalization, MaxPooling2D(2) and Dropout(dropout). The head is ``dense_layers`` ReLU
+    BatchNormalization, MaxPooling2D(2) and Dropout(dropout); with ``conv_batchnorm`` every
+    convolution has its own BatchNormalization instead of one per pair. The head is ``dense_layers`` ReLU
     Dense layers (``dense_units``, then halving, never below 16 or ``dense_units``), each
     followed by Dropout(dense_dropout), and a softmax output.
 
@@ -45,6 +47,8 @@ def build_baseline_cnn(
         base_filters: Filters of the first conv pair.
         conv_blocks: Number of conv pairs; each halves the spatial size.
         dropout: Dropout rate after each conv block, in [0, 1).
+        conv_batchnorm: BatchNormalization after every convolution (False: after every pair,
+            the seed's).
         dense_units: Units of the first hidden Dense layer.
         dense_layers: Number of hidden Dense layers (0 = straight to the output).
         dense_dropout: Dropout rate after each hidden Dense layer, in [0, 1).
@@ -68,6 +72,8 @@ def build_baseline_cnn(
     dense_layers = check_int("dense_layers", dense_layers, minimum=0)
     dropout = check_float("dropout", dropout, low=0.0, high=1.0)
     dense_dropout = check_float("dense_dropout", dense_dropout, low=0.0, high=1.0)
+    if not isinstance(conv_batchnorm, bool):
+        raise ValueError(f"conv_batchnorm must be true or false, got {conv_batchnorm!r}")
     input_shape = check_input_shape(input_shape)
     height, width = input_shape[0], input_shape[1]
     if min(height, width) >> conv_blocks < 1:
@@ -89,7 +95,10 @@ def build_baseline_cnn(
             x = layers.Conv2D(
                 filters, 3, padding="same", activation="relu", name=f"block{block + 1}_conv{conv}"
             )(x)
-        x = layers.BatchNormalization(name=f"block{block + 1}_bn")(x)
+            if conv_batchnorm:
+                x = layers.BatchNormalization(name=f"block{block + 1}_conv{conv}_bn")(x)
+        if not conv_batchnorm:
+            x = layers.BatchNormalization(name=f"block{block + 1}_bn")(x)
         x = layers.MaxPooling2D(2, name=f"block{block + 1}_pool")(x)
         x = layers.Dropout(dropout, name=f"block{block + 1}_dropout")(x)
     x = layers.Flatten(name="flatten")(x)

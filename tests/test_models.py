@@ -83,7 +83,7 @@ def test_builder_defaults():
     baseline = fer_models.builder_defaults("baseline_cnn")
     assert baseline == {
         "num_classes": 7, "base_filters": 16, "conv_blocks": 4, "dropout": 0.25,
-        "dense_units": 512, "dense_layers": 3, "dense_dropout": 0.25, "optimizer": "adam",
+        "conv_batchnorm": False, "dense_units": 512, "dense_layers": 3, "dense_dropout": 0.25, "optimizer": "adam",
         "learning_rate": 8e-4, "momentum": 0.9, "weight_decay": 0.0,
         "input_shape": (48, 48, 1), "seed": None,
     }  # fmt: skip
@@ -147,6 +147,10 @@ def test_baseline_knobs_change_the_architecture():
 
     no_head = build_baseline_cnn(dense_layers=0, conv_blocks=5)  # 5 poolings: 48 -> 1
     assert layer_kinds(no_head)[-2:] == ["Flatten", "Dense"]
+
+    every = build_baseline_cnn(conv_blocks=2, conv_batchnorm=True)
+    block = ["Conv2D", "BatchNormalization", "Conv2D", "BatchNormalization", "MaxPooling2D", "Dropout"]
+    assert layer_kinds(every)[2:14] == block * 2
 
 
 def test_optimizer_choices():
@@ -230,6 +234,7 @@ def test_seed_makes_initial_weights_reproducible():
         ({"conv_blocks": 0}, r"conv_blocks must be >= 1"),
         ({"conv_blocks": 2.0}, r"conv_blocks must be an integer"),
         ({"dense_layers": True}, r"dense_layers must be an integer"),
+        ({"conv_batchnorm": "yes"}, r"conv_batchnorm must be true or false, got 'yes'"),
         ({"base_filters": 0}, r"base_filters must be >= 1"),
         ({"num_classes": 1}, r"num_classes must be >= 2"),
         ({"optimizer": "rmsprop"}, r"optimizer must be one of 'adam', 'sgd'; got 'rmsprop'"),
