@@ -86,7 +86,13 @@ def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_
         "val_accuracy": trial.value,
         "storage": storage_label,
     }
-    return space.fixed(config, source=source).model_copy(update={"name": study.study_name, "path": None})
+    epochs = len(trial.intermediate_values)
+    about = (f"Trial {trial.number} of study {study.study_name!r}: validation accuracy {trial.value:.4f} after "
+             f"{epochs} epoch{'s' * (epochs != 1)}, every value fixed. The space it was drawn from: "
+             if trial.value is not None else f"Trial {trial.number} of study {study.study_name!r}. The space: ")
+    return space.fixed(config, source=source).model_copy(
+        update={"name": study.study_name, "path": None, "description": about + space.description}
+    )
 
 
 def edge_warnings(space: Space, config: dict[str, Any]) -> list[str]:

@@ -29,6 +29,10 @@ def test_best_config_round_trips(stored, tmp_path: Path, capsys) -> None:
     source = yaml.safe_load(path.read_text())["source"]
     assert source["study"] == "cnn" and source["trial"] == 1 and source["val_accuracy"] == pytest.approx(0.41)
     assert source["driver"] == "optuna" and source["storage"] == url
+    epochs = len(best.intermediate_values)
+    assert load_space(path).description.startswith(
+        f"Trial 1 of study 'cnn': validation accuracy 0.4100 after {epochs} epochs, every value fixed."
+    )
 
 
 def test_rank_two_is_the_second_best(stored, tmp_path: Path, capsys) -> None:
