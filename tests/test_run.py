@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 from search import run
 from search.objective import TrialResult
 from search.optuna_driver import OptunaObjective, SearchStopped, make_pruner, open_study, run_search
-from search.space import load_space
+from search.space import list_spaces, load_space
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = ["--epochs", "2", "--min-epochs", "1", "--set", "batch_size=32"]
@@ -139,7 +139,8 @@ def test_failures_in_a_row_stop_the_study_with_the_reason(tmp_path):
 def test_bad_input_is_refused_before_training(fer_slice, tmp_path, capsys):
     base = ["--data", str(fer_slice), "--results", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/o.db"]
     assert run.main(["--space", "nope", *base]) == 2
-    assert "unknown space 'nope'; known spaces: baseline_cnn, resnet_unfreeze" in capsys.readouterr().err
+    known = ", ".join(list_spaces())
+    assert f"unknown space 'nope'; known spaces: {known} (or give a path" in capsys.readouterr().err
     assert run.main(["--space", "baseline_cnn", *base, "--set", "dropuot=0.3"]) == 2
     assert "unknown parameter 'dropuot'" in capsys.readouterr().err
     assert run.main(["--space", "baseline_cnn", *base, "--set", "dropout=0.9"]) == 2
