@@ -33,6 +33,8 @@ def test_final_training_writes_everything_and_tests_on_privatetest_only(fer_slic
     assert sum(c["support"] for c in metrics["per_class"].values()) == 150
     assert np.array(metrics["confusion_matrix"]).sum() == 150
     assert 0 < metrics["majority_baseline"] < 1 and len(metrics["history"]) == 2
+    assert 0 < metrics["training_seconds"] == pytest.approx(sum(r["seconds"] for r in metrics["history"]))
+    assert metrics["training_seconds"] < metrics["seconds"]  # one uninterrupted process: it holds the epochs
     from search.data import LABEL_MAPS
 
     fer4 = LABEL_MAPS["fer4"].lookup
