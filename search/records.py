@@ -86,12 +86,13 @@ def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_
         "val_accuracy": trial.value,
         "storage": storage_label,
     }
-    epochs = len(trial.intermediate_values)
-    about = (f"Trial {trial.number} of study {study.study_name!r}: validation accuracy {trial.value:.4f} after "
-             f"{epochs} epoch{'s' * (epochs != 1)}, every value fixed. The space it was drawn from: "
-             if trial.value is not None else f"Trial {trial.number} of study {study.study_name!r}. The space: ")
+    about = f"Trial {trial.number} of study {study.study_name!r}"
+    if trial.value is not None:
+        epochs = len(trial.intermediate_values)
+        about += f": validation accuracy {trial.value:.4f} after {epochs} epoch{'s' * (epochs != 1)}, every value fixed"
+    description = f"{about}. The space it was drawn from: {space.description}"
     return space.fixed(config, source=source).model_copy(
-        update={"name": study.study_name, "path": None, "description": about + space.description}
+        update={"name": study.study_name, "path": None, "description": description}
     )
 
 

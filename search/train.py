@@ -97,8 +97,8 @@ def train_final(space, out: Path, *, data_path, epochs: int, seed: int = 0, fres
     metrics |= {"epochs": epochs, "best_epoch": result.metrics["best_epoch"], "history": result.history,
                 # seconds: this process; training_seconds: every epoch, those of interrupted earlier runs too
                 "seconds": time.perf_counter() - started,
-                "training_seconds": sum(row["seconds"] for row in result.history), "config": config, "labels": list(data.class_names),
-                "source": space.source}
+                "training_seconds": sum(row["seconds"] for row in result.history),
+                "config": config, "labels": list(data.class_names), "source": space.source}
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
