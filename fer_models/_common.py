@@ -18,6 +18,12 @@ def check_int(name: str, value: object, *, minimum: int) -> int:
     return int(value)
 
 
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_float(
     name: str,
     value: object,

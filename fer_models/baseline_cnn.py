@@ -6,6 +6,7 @@ import keras
 from keras import layers
 
 from fer_models._common import (
+    check_bool,
     check_float,
     check_input_shape,
     check_int,
@@ -72,8 +73,7 @@ def build_baseline_cnn(
     dense_layers = check_int("dense_layers", dense_layers, minimum=0)
     dropout = check_float("dropout", dropout, low=0.0, high=1.0)
     dense_dropout = check_float("dense_dropout", dense_dropout, low=0.0, high=1.0)
-    if not isinstance(conv_batchnorm, bool):
-        raise ValueError(f"conv_batchnorm must be true or false, got {conv_batchnorm!r}")
+    conv_batchnorm = check_bool("conv_batchnorm", conv_batchnorm)
     input_shape = check_input_shape(input_shape)
     height, width = input_shape[0], input_shape[1]
     if min(height, width) >> conv_blocks < 1:

@@ -10,6 +10,7 @@ import keras
 from keras import layers
 
 from fer_models._common import (
+    check_bool,
     check_float,
     check_input_shape,
     check_int,
@@ -203,8 +204,7 @@ def build_resnet50_transfer(
         raise ValueError(
             f"unfreeze must be one of {', '.join(map(repr, UNFREEZE_CHOICES))}; got {unfreeze!r}"
         )
-    if not isinstance(unfreeze_batchnorm, bool):
-        raise ValueError(f"unfreeze_batchnorm must be True or False, got {unfreeze_batchnorm!r}")
+    unfreeze_batchnorm = check_bool("unfreeze_batchnorm", unfreeze_batchnorm)
     input_shape = check_input_shape(input_shape)
     if input_shape[2] != 1:
         raise ValueError(

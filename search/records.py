@@ -19,6 +19,12 @@ from search.space import CategoricalParam, FloatParam, IntParam, Space
 METRIC_COLUMNS = ("val_loss", "val_macro_f1", "val_balanced_accuracy", "best_epoch", "epochs_run")
 
 
+def epochs_run(t: optuna.trial.FrozenTrial) -> int:
+    """Epochs the trial trained: as its metrics say, else as long as its curve."""
+    history = t.user_attrs.get("history") or t.intermediate_values
+    return t.user_attrs.get("metrics", {}).get("epochs_run", len(history))
+
+
 def trial_row(study_name: str, t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """One trial as a flat row: identity, state, objective, metrics, every parameter, history."""
     attrs = t.user_attrs
@@ -33,7 +39,7 @@ def trial_row(study_name: str, t: optuna.trial.FrozenTrial) -> dict[str, Any]:
         "value": t.value,
         "is_default": bool(attrs.get("default_point", False)),
         **{k: metrics.get(k) for k in METRIC_COLUMNS},
-        "epochs_run": metrics.get("epochs_run", len(history)),
+        "epochs_run": epochs_run(t),
         "duration_s": t.duration.total_seconds() if t.duration else None,
         "datetime_start": t.datetime_start,
         "fail_reason": attrs.get("fail_reason"),
@@ -88,7 +94,7 @@ def export_config(study: optuna.Study, trial: optuna.trial.FrozenTrial, storage_
     }
     about = f"Trial {trial.number} of study {study.study_name!r}"
     if trial.value is not None:
-        epochs = len(trial.intermediate_values)
+        epochs = epochs_run(trial)
         about += f": validation accuracy {trial.value:.4f} after {epochs} epoch{'s' * (epochs != 1)}, every value fixed"
     description = f"{about}. The space it was drawn from: {space.description}"
     return space.fixed(config, source=source).model_copy(

@@ -32,8 +32,6 @@ from typing import Annotated, Any, Callable, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from search.data.pipeline import AUGMENT_LIMITS
-
 SPACES_DIR = Path(__file__).resolve().parent.parent / "spaces"
 
 # Settings the objective consumes (not the model builder); each may be searched like any parameter.
@@ -48,6 +46,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
 }
 LR_SCHEDULES = ("constant", "cosine", "plateau")
+AUGMENT_LIMITS = {"rotation": 0.5, "zoom": 0.9, "shift": 0.9}
+"""The largest rotation (fraction of a turn), zoom and shift (fractions) the augmentation takes."""
 
 
 def _number(value: Any) -> bool:

@@ -234,7 +234,7 @@ def test_seed_makes_initial_weights_reproducible():
         ({"conv_blocks": 0}, r"conv_blocks must be >= 1"),
         ({"conv_blocks": 2.0}, r"conv_blocks must be an integer"),
         ({"dense_layers": True}, r"dense_layers must be an integer"),
-        ({"conv_batchnorm": "yes"}, r"conv_batchnorm must be true or false, got 'yes'"),
+        ({"conv_batchnorm": "yes"}, r"conv_batchnorm must be True or False, got 'yes'"),
         ({"base_filters": 0}, r"base_filters must be >= 1"),
         ({"num_classes": 1}, r"num_classes must be >= 2"),
         ({"optimizer": "rmsprop"}, r"optimizer must be one of 'adam', 'sgd'; got 'rmsprop'"),

@@ -14,13 +14,10 @@ import numpy as np
 
 from search.data.loading import Split
 from search.data.schema import IMAGE_SIZE
+from search.space import AUGMENT_LIMITS
 
 if TYPE_CHECKING:
     import tensorflow as tf
-
-
-AUGMENT_LIMITS = {"rotation": 0.5, "zoom": 0.9, "shift": 0.9}
-"""The largest rotation (fraction of a turn), zoom and shift (fractions) an Augment takes."""
 
 
 @dataclass(frozen=True)
