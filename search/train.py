@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             space = space.with_settings(labels=args.labels)
         overrides = parse_overrides(args.overrides)
         if overrides:
-            space = space.with_fixed(overrides)
+            space = with_overrides(space, overrides)
         if args.epochs is not None and args.epochs < 1:
             raise UsageError("--epochs must be at least 1")
         name = args.name or space.name + (f"-{args.labels}" if args.labels else "")
@@ -66,6 +66,16 @@ def main(argv: list[str] | None = None) -> int:
           f" majority class {metrics['majority_baseline']:.4f})")
     print(f"final model and report: {out}")
     return 0
+
+
+def with_overrides(space, overrides: dict[str, Any]):
+    """The space with `--set` values fixed, and the change on record: an exported configuration's
+    description and source name the trial it came from, which no longer holds these values."""
+    space = space.with_fixed(overrides)
+    values = {k: space.params[k].value for k in overrides}
+    changed = ", ".join(f"{k}={v}" for k, v in values.items())
+    return space.model_copy(update={"description": f"{space.description} Then changed with --set: {changed}.".strip(),
+                                    "source": (space.source or {}) | {"set": values}})
 
 
 def train_final(space, out: Path, *, data_path, epochs: int, seed: int = 0, fresh: bool = False,

@@ -57,6 +57,17 @@ def test_exported_best_config_round_trips_into_final_training(fer_slice, tmp_pat
     assert metrics["source"]["study"] == "baseline_cnn" and metrics["source"]["trial"] == 0
     assert metrics["config"] == load_space(best).defaults()
 
+    # --set on an exported configuration: the trial's values no longer hold, and the outputs say so
+    assert train.main(["--config", str(best), "--data", str(fer_slice), "--results", str(tmp_path / "s"),
+                       "--epochs", "1", "--set", "lr_schedule=cosine"]) == 0
+    out = tmp_path / "s" / "baseline_cnn" / "final"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"] == load_space(best).defaults() | {"lr_schedule": "cosine"}
+    assert metrics["source"]["trial"] == 0 and metrics["source"]["set"] == {"lr_schedule": "cosine"}
+    written = load_space(out / "config.yaml")
+    assert written.source["set"] == {"lr_schedule": "cosine"}
+    assert written.description.endswith("Then changed with --set: lr_schedule=cosine.")
+
 
 class StopAfterSecondEpoch(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
