@@ -250,7 +250,9 @@ class Space(_Strict):
         p = self.params[name]
         values = values if values is not None else self.defaults()
         where = f"{self._where()}: parameter {name!r}"
-        if isinstance(p, FixedParam):
+        if isinstance(p, FixedParam):  # an exported configuration's value, or one `--set` replaces
+            if name in _SETTING_RULES:
+                _check_setting(self._where(), name, p.model_copy(update={"value": value}))
             return value
         if isinstance(p, BoolParam):
             if not isinstance(value, bool):

@@ -151,6 +151,18 @@ def test_with_fixed_checks_the_value_against_the_range():
         space.with_fixed({"optimizer": "rmsprop"})
 
 
+def test_with_fixed_on_an_exported_configuration_checks_training_settings(tmp_path):
+    # every value of an exported configuration is fixed, so no range is left to check against; the
+    # training settings' own rules still apply, before any data is loaded
+    exported = load_space("baseline_cnn").fixed(load_space("baseline_cnn").defaults())
+    assert exported.with_fixed({"lr_schedule": "cosine"}).defaults()["lr_schedule"] == "cosine"
+    with pytest.raises(SpaceError, match=r"parameter 'lr_schedule' can take 'linear', but it must be one of "
+                                         r"constant, cosine, plateau"):
+        exported.with_fixed({"lr_schedule": "linear"})
+    with pytest.raises(SpaceError, match=r"parameter 'batch_size' can take 0, but it must be a whole number >= 1"):
+        exported.with_fixed({"batch_size": 0})
+
+
 def test_exported_fixed_space_round_trips_through_the_loader(tmp_path):
     space = load_space("resnet_unfreeze")
     config = space.defaults() | {"dropout": 0.35}
