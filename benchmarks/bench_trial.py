@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         short = space.with_settings(epochs=args.framework_epochs, min_epochs=1)
         timed = _Timed(Objective(data, short, log=None))
-        wall, recorded = optuna_trial(timed, short, enqueue_params(short), optuna)
+        wall, recorded, optimize_started = optuna_trial(timed, short, enqueue_params(short), optuna)
         t = timed.timer
         steps = -(-n // config["batch_size"])
         step = min(t.train_seconds[1:] or t.train_seconds) / steps  # a steady training step
@@ -97,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
               f"study.optimize on a SQLite study: wall {wall:.2f} s; outside the epochs {outside:.2f} s, tracing "
               f"(first step and first validation beyond their steady {step * 1000:.0f} ms and {validation:.2f} s) "
               f"{tracing:.2f} s: {framework:.2f} s = {100 * framework / wall:.1f}% (target <= 5%)")
+        spans = t.epoch_spans
+        between = sum(b - a for (_, a), (b, _) in zip(spans, spans[1:]))
+        print(f"    outside the epochs, by where it falls: sampling {timed.called - optimize_started:.2f} s; "
+              f"building, pipelines, fit's set-up {t.train_begin - timed.called:.2f} s; fit's start to the "
+              f"first epoch {spans[0][0] - t.train_begin:.2f} s; between epochs {between:.2f} s; the last "
+              f"epoch's end to fit's end {t.train_end - spans[-1][1]:.2f} s; fit's end to the objective's "
+              f"return {timed.returned - t.train_end:.2f} s; recording the trial "
+              f"{optimize_started + wall - timed.returned:.2f} s")
         print(f"    per run, once: writing trials.csv, best_config.yaml and leaderboard.html {recorded:.2f} s; "
               f"loading the cached data {load_seconds:.2f} s")
         print(f"[6] input pipeline alone (gather, cast, flip + rotation, batch): {pipeline:.0f} images/s = "
@@ -139,15 +147,20 @@ class _Timed:
 
     def __init__(self, objective):
         self.objective, self.timer = objective, None
+        self.called = self.returned = 0.0  # perf_counter times of the objective's call and return
 
     def __call__(self, config, **kwargs):
         self.timer = benchlib.epoch_timer(per_batch=True)
-        return self.objective(config, callbacks=[self.timer], **kwargs)
+        self.called = time.perf_counter()
+        try:
+            return self.objective(config, callbacks=[self.timer], **kwargs)
+        finally:
+            self.returned = time.perf_counter()
 
 
-def optuna_trial(objective, space, params: dict, optuna) -> tuple[float, float]:
+def optuna_trial(objective, space, params: dict, optuna) -> tuple[float, float, float]:
     """(wall seconds of one trial run by study.optimize on a SQLite study, seconds to write the
-    run's outputs)."""
+    run's outputs, perf_counter time study.optimize started)."""
     from search import records
     from search.optuna_driver import OptunaObjective
 
@@ -160,7 +173,7 @@ def optuna_trial(objective, space, params: dict, optuna) -> tuple[float, float]:
         started = time.perf_counter()
         study.optimize(OptunaObjective(objective, space), n_trials=1)
         wall = time.perf_counter() - started
-        started = time.perf_counter()
+        optimize_started, started = started, time.perf_counter()
         records.write_outputs(study, tmp, "bench")
         try:
             from search.report import write_report
@@ -168,7 +181,7 @@ def optuna_trial(objective, space, params: dict, optuna) -> tuple[float, float]:
             write_report(study, tmp, storage_label="bench")
         except ImportError:
             pass
-        return wall, time.perf_counter() - started
+        return wall, time.perf_counter() - started, optimize_started
 
 
 if __name__ == "__main__":

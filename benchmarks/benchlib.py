@@ -120,6 +120,15 @@ def epoch_timer(per_batch: bool = False):
             self.first_step_end: float | None = None
             self._begin = self._last_step = 0.0
             self.first_begin: float | None = None
+            # perf_counter times, for a breakdown of the wall time around the epochs
+            self.train_begin = self.train_end = 0.0
+            self.epoch_spans: list[tuple[float, float]] = []
+
+        def on_train_begin(self, logs=None):
+            self.train_begin = time.perf_counter()
+
+        def on_train_end(self, logs=None):
+            self.train_end = time.perf_counter()
 
         def on_epoch_begin(self, epoch, logs=None):
             self._begin = time.perf_counter()
@@ -127,7 +136,9 @@ def epoch_timer(per_batch: bool = False):
                 self.first_begin = self._begin
 
         def on_epoch_end(self, epoch, logs=None):
-            self.epoch_seconds.append(time.perf_counter() - self._begin)
+            end = time.perf_counter()
+            self.epoch_seconds.append(end - self._begin)
+            self.epoch_spans.append((self._begin, end))
             if per_batch:
                 self.train_seconds.append(self._last_step - self._begin)
 
