@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         between = sum(b - a for (_, a), (b, _) in zip(spans, spans[1:]))
         print(f"    outside the epochs, by where it falls: sampling {timed.called - optimize_started:.2f} s; "
               f"building, pipelines, fit's set-up {t.train_begin - timed.called:.2f} s; fit's start to the "
-              f"first epoch {spans[0][0] - t.train_begin:.2f} s; between epochs {between:.2f} s; the last "
+              f"first epoch {t.first_begin - t.train_begin:.2f} s; between epochs {between:.2f} s; the last "
               f"epoch's end to fit's end {t.train_end - spans[-1][1]:.2f} s; fit's end to the objective's "
               f"return {timed.returned - t.train_end:.2f} s; recording the trial "
               f"{optimize_started + wall - timed.returned:.2f} s")

@@ -116,13 +116,16 @@ def epoch_timer(per_batch: bool = False):
         def __init__(self):
             super().__init__()
             self.train_seconds: list[float] = []
-            self.epoch_seconds: list[float] = []
             self.first_step_end: float | None = None
             self._begin = self._last_step = 0.0
             self.first_begin: float | None = None
             # perf_counter times, for a breakdown of the wall time around the epochs
             self.train_begin = self.train_end = 0.0
-            self.epoch_spans: list[tuple[float, float]] = []
+            self.epoch_spans: list[tuple[float, float]] = []  # (begin, end) of every epoch
+
+        @property
+        def epoch_seconds(self) -> list[float]:
+            return [end - begin for begin, end in self.epoch_spans]
 
         def on_train_begin(self, logs=None):
             self.train_begin = time.perf_counter()
@@ -136,9 +139,7 @@ def epoch_timer(per_batch: bool = False):
                 self.first_begin = self._begin
 
         def on_epoch_end(self, epoch, logs=None):
-            end = time.perf_counter()
-            self.epoch_seconds.append(end - self._begin)
-            self.epoch_spans.append((self._begin, end))
+            self.epoch_spans.append((self._begin, time.perf_counter()))
             if per_batch:
                 self.train_seconds.append(self._last_step - self._begin)
 
