@@ -19,6 +19,7 @@ import numpy as np
 
 from search import metrics
 from search.data import Augment, FERData, Split, make_dataset
+from search.data.pipeline import PARALLEL_CALLS
 from search.space import LR_SCHEDULES, TRAINING_DEFAULTS, Space
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -142,7 +143,7 @@ class Objective:
             import tensorflow as tf
 
             k = self.data.num_classes
-            train_ds = train_ds.map(lambda x, y: (x, tf.one_hot(y, k)), num_parallel_calls=tf.data.AUTOTUNE)
+            train_ds = train_ds.map(lambda x, y: (x, tf.one_hot(y, k)), num_parallel_calls=PARALLEL_CALLS)
         return train_ds, make_dataset(self.data.val, batch_size=256, training=False)
 
     def __call__(

@@ -517,6 +517,14 @@ def test_training_dataset_shuffles_deterministically_each_epoch(small_data: FERD
     np.testing.assert_array_equal(x1, x_again)  # seeded
 
 
+def test_pipelines_run_without_autotuning(small_data: FERData) -> None:
+    # An iterator's destructor waits for tf.data's autotuning thread to wake (up to a minute later):
+    # model.fit dropping its last epoch's iterator made every trial wait for it (docs/performance.md).
+    for training in (True, False):
+        ds = make_dataset(small_data.train, batch_size=8, training=training, augment=Augment(rotation=0.05))
+        assert ds.options().autotune.enabled is False
+
+
 def test_augmentation_changes_training_images(small_data: FERData) -> None:
     plain, _ = _epoch(make_dataset(small_data.train, batch_size=8, training=True, seed=1))
     aug = Augment(flip=True, rotation=0.05, zoom=0.1, shift=0.1)

@@ -145,9 +145,11 @@ def test_label_smoothing_trains_on_one_hot_labels_with_the_smoothed_loss(fer_sli
     space = load_space(path)
     data = load_fer2013(fer_slice)
     objective = Objective(data, space, log=None)
-    train_ds, _ = objective.datasets(space.defaults())
+    train_ds, val_ds = objective.datasets(space.defaults())
     _, labels = next(iter(train_ds))
     assert labels.shape == (32, data.num_classes)  # one-hot: the categorical loss needs them
+    # the one-hot map keeps the pipeline's options: no autotuning thread for model.fit to wait for
+    assert not train_ds.options().autotune.enabled and not val_ds.options().autotune.enabled
 
     result = objective(space.defaults(), epochs=1)
     loss = result.model.loss

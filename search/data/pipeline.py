@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,28 @@ from search.space import AUGMENT_LIMITS
 
 if TYPE_CHECKING:
     import tensorflow as tf
+
+PARALLEL_CALLS = max(1, min(4, os.cpu_count() or 1))
+"""Batches a pipeline maps at once. Fixed rather than autotuned (see `pipeline_options`)."""
+PREFETCH = 4
+"""Batches a pipeline keeps ready ahead of training."""
+
+
+def pipeline_options() -> tf.data.Options:
+    """tf.data options every pipeline here runs with: autotuning off.
+
+    An iterator's destructor waits for tf.data's autotuning thread, which sleeps between optimisation
+    rounds for a period that doubles up to a minute. `model.fit` drops its last epoch's iterator on
+    return, so every trial waited for that thread: 3 to 20 s after its last epoch on a quarter of
+    Training here, most of the framework's share of a short trial (docs/performance.md). These
+    pipelines gather from arrays in memory and need no tuning: fixed parallelism and a small prefetch
+    keep them tens of times faster than training.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return options
 
 
 @dataclass(frozen=True)
@@ -73,14 +96,14 @@ def make_dataset(split: Split, *, batch_size: int, training: bool, augment: Augm
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     # Gathering whole batches of indices is much faster than slicing images one by one.
     ds = ds.batch(batch_size).map(lambda i: (tf.cast(tf.gather(x, i), tf.float32), tf.gather(y, i)),
-                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                                  num_parallel_calls=PARALLEL_CALLS, deterministic=True)
     if training and augment is not None and augment.enabled:
         # One stateless seed per batch, drawn afresh each epoch: deterministic yet never repeating.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         ds = tf.data.Dataset.zip(ds, seeds).map(
             lambda batch, s: (augment_batch(batch[0], s, augment), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+            num_parallel_calls=PARALLEL_CALLS, deterministic=True)
+    return ds.prefetch(PREFETCH).with_options(pipeline_options())
 
 
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, augment: Augment) -> tf.Tensor:
