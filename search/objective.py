@@ -182,9 +182,11 @@ class Objective:
         # The schedule starts from the configuration's rate, read before a resumed run restores a decayed one.
         schedule = _schedule(training["lr_schedule"], epochs, float(model.optimizer.learning_rate))
         all_callbacks = [_NanGuard(), best, *schedule, *callbacks]
-        # Optimizer variables made inside the first training step make TensorFlow trace the step
-        # twice (about a second a trial here), and a checkpoint would skip their saved state.
+        # Variables made inside the first training step make TensorFlow trace the step twice (about
+        # 0.75 s a trial here): the optimizer's (a checkpoint would skip their saved state too) and the
+        # compiled metrics', which Keras builds there when no distribution strategy is set.
         model.optimizer.build(model.trainable_variables)
+        _build_compiled_metrics(model, self.data.num_classes, one_hot=bool(training["label_smoothing"]))
         if checkpoint_dir is not None:
             best.resume(model)
             # after _BestEpoch, so the curve and the best weights are on disk before the epoch counts as done
@@ -213,6 +215,14 @@ class Objective:
             "first_step_seconds": best.first_step_seconds,
         }
         return TrialResult(value=best.best_accuracy, metrics=result_metrics, history=best.history, model=model)
+
+
+def _build_compiled_metrics(model, num_classes: int, *, one_hot: bool) -> None:
+    """Build the metrics passed to `compile` now, eagerly, on one dummy prediction, then zero them."""
+    y_pred = np.full((1, num_classes), 1.0 / num_classes, dtype="float32")
+    y_true = y_pred if one_hot else np.zeros((1,), dtype="int32")
+    model.compute_metrics(None, y_true, y_pred)
+    model.reset_metrics()
 
 
 def _has_gpu() -> bool:

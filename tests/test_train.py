@@ -155,3 +155,35 @@ def test_label_smoothing_trains_on_one_hot_labels_with_the_smoothed_loss(fer_sli
     loss = result.model.loss
     assert isinstance(loss, keras.losses.CategoricalCrossentropy) and loss.get_config()["label_smoothing"] == 0.1
     assert np.isfinite(result.history[0]["loss"]) and 0 <= result.value <= 1
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_a_trial_traces_its_training_step_once(fer_slice, tmp_path, label_smoothing):
+    # Variables made inside the first step (the optimizer's, the compiled metrics') make TensorFlow
+    # trace it a second time, every trial; the objective builds them beforehand.
+    from search.objective import Objective
+
+    path = tmp_path / "small.yaml"
+    path.write_text(f"model: baseline_cnn\nparams: {{batch_size: 64, base_filters: 8, label_smoothing: {label_smoothing}}}\n")
+    space = load_space(path)
+    objective = Objective(load_fer2013(fer_slice), space, log=None)
+    traced = []
+    build = objective.build
+
+    def counting_build(config):
+        model = build(config)
+        step = model.train_step
+        model.train_step = lambda data: traced.append(1) or step(data)
+        return model
+
+    objective.build = counting_build
+    result = objective(space.defaults(), epochs=2)
+    assert len(traced) == 1 and 0 < result.history[0]["accuracy"] < 1
+
+    # the metrics are built on a dummy prediction, then zeroed: training's first accuracy counts real batches only
+    from search.objective import _build_compiled_metrics
+
+    model = build(space.defaults())
+    _build_compiled_metrics(model, objective.data.num_classes, one_hot=bool(label_smoothing))
+    variables = [v for metric in model.metrics for v in metric.variables]
+    assert variables and all(float(np.sum(v.numpy())) == 0 for v in variables)
