@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from search import interrupts
 from search.optuna_sampling import enqueue_params, suggest
 from search.space import Space
 
@@ -212,6 +213,7 @@ class OptunaObjective:
         history: list[dict[str, float]] = []
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            interrupts.check()
             history.append({k: v for k, v in row.items() if k != "best_val_accuracy"})
             trial.set_user_attr("history", history)  # a pruned or killed trial keeps its curve
             trial.report(row["best_val_accuracy"], step=epoch + 1)
@@ -288,6 +290,7 @@ def run_search(
     guarded = _within_budget(objective, n_trials)
     memory = _MemoryWatch(memory_limit_mb, prior_memory_step_mb)
     while True:
+        interrupts.check()
         # A dead worker's trial still looks RUNNING until its heartbeat is found stale: fail (and
         # requeue) those first so they do not hold places in the budget.
         with warnings.catch_warnings():

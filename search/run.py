@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_optuna(args: argparse.Namespace, space, reexec_argv: list[str] | None = None) -> int:
-    from search import records
+    from search import interrupts, records
     from search.data import load_fer2013
     from search.objective import Objective
     from search.optuna_driver import OptunaObjective, make_pruner, make_sampler, open_study, run_search
@@ -179,11 +179,13 @@ def _run_optuna(args: argparse.Namespace, space, reexec_argv: list[str] | None =
     # A search that went on in a fresh process (memory) reports its time from its first process's start.
     run_started = float(os.environ.get(RUN_STARTED_ENV, time.time())) if args.resumed else time.time()
     try:
-        summary = run_search(study, objective, n_trials=args.trials, timeout=args.timeout,
-                             max_failures=args.max_failures, poll=_poll(args.heartbeat), log=_log,
-                             memory_limit_mb=args.memory_limit if reexec_argv is not None and args.memory_limit
-                             else None,
-                             prior_memory_step_mb=float(os.environ.get(MEMORY_STEP_ENV, 0)) if args.resumed else 0.0)
+        with interrupts.catching_ctrl_c():
+            summary = run_search(study, objective, n_trials=args.trials, timeout=args.timeout,
+                                 max_failures=args.max_failures, poll=_poll(args.heartbeat), log=_log,
+                                 memory_limit_mb=args.memory_limit if reexec_argv is not None and args.memory_limit
+                                 else None,
+                                 prior_memory_step_mb=float(os.environ.get(MEMORY_STEP_ENV, 0)) if args.resumed
+                                 else 0.0)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: the running trial is marked failed; run the same command to resume", flush=True)
