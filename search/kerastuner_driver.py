@@ -32,6 +32,7 @@ import keras_tuner as kt
 import optuna
 from optuna.trial import TrialState
 
+from search import interrupts
 from search.cli import UsageError
 from search.kerastuner_sampling import config_from_hp, default_values
 from search.optuna_driver import SearchStopped, StudyMismatch, _trial_line, check_same_space, tag_study
@@ -162,6 +163,7 @@ class FerTuner(kt.Tuner):
                              overwrite=overwrite)
 
     def pre_create_trial(self) -> None:
+        interrupts.check()
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise _TimeUp
 
@@ -188,6 +190,7 @@ class FerTuner(kt.Tuner):
         self._outcomes[trial.trial_id] = outcome
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
+            interrupts.check()
             history.append({k: v for k, v in row.items() if k != "best_val_accuracy"})
             outcome["intermediate_values"][epoch + 1] = row["best_val_accuracy"]
 
@@ -408,7 +411,8 @@ def main(args: argparse.Namespace, space: Space) -> int:
 
     started, interrupted = time.monotonic(), False
     try:
-        tuner.search(verbose=0)
+        with interrupts.catching_ctrl_c():
+            tuner.search(verbose=0)
     except _TimeUp:
         _log(f"timeout reached after {tuner.ran} trials")
     except KeyboardInterrupt:
