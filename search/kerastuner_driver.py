@@ -190,9 +190,9 @@ class FerTuner(kt.Tuner):
         self._outcomes[trial.trial_id] = outcome
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            interrupts.check()
             history.append({k: v for k, v in row.items() if k != "best_val_accuracy"})
             outcome["intermediate_values"][epoch + 1] = row["best_val_accuracy"]
+            interrupts.check()  # after the epoch is recorded
 
         try:
             result = self.objective(config, epochs=epochs, on_epoch=on_epoch, label=f"trial {int(trial.trial_id)}")

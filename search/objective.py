@@ -18,7 +18,7 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
-from search import metrics
+from search import interrupts, metrics
 from search.data import Augment, FERData, Split, make_dataset
 from search.data.pipeline import PARALLEL_CALLS
 from search.space import LR_SCHEDULES, TRAINING_DEFAULTS, Space
@@ -187,7 +187,7 @@ class Objective:
                           epochs=epochs, started=started, checkpoint_dir=checkpoint_dir)
         # The schedule starts from the configuration's rate, read before a resumed run restores a decayed one.
         schedule = _schedule(training["lr_schedule"], epochs, float(model.optimizer.learning_rate))
-        all_callbacks = [_NanGuard(), best, *schedule, *callbacks]
+        all_callbacks = [_NanGuard(), _StopOnCtrlC(), best, *schedule, *callbacks]
         # Variables made inside the first training step make TensorFlow trace the step twice (about
         # 0.75 s a trial here): the optimizer's (a checkpoint would skip their saved state too) and the
         # compiled metrics', which Keras builds there when no distribution strategy is set.
@@ -248,6 +248,13 @@ class _NanGuard(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
+
+
+class _StopOnCtrlC(keras.callbacks.Callback):
+    """Acts on a Ctrl-C that `search.interrupts` recorded, after the training step it came in."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        interrupts.check()
 
 
 class _BestEpoch(keras.callbacks.Callback):

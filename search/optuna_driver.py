@@ -213,10 +213,10 @@ class OptunaObjective:
         history: list[dict[str, float]] = []
 
         def on_epoch(epoch: int, row: dict[str, float]) -> None:
-            interrupts.check()
             history.append({k: v for k, v in row.items() if k != "best_val_accuracy"})
-            trial.set_user_attr("history", history)  # a pruned or killed trial keeps its curve
+            trial.set_user_attr("history", history)  # a pruned, interrupted or killed trial keeps its curve
             trial.report(row["best_val_accuracy"], step=epoch + 1)
+            interrupts.check()  # after the epoch is recorded
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch + 1} at {row['best_val_accuracy']:.4f}")
 

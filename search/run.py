@@ -179,7 +179,7 @@ def _run_optuna(args: argparse.Namespace, space, reexec_argv: list[str] | None =
     # A search that went on in a fresh process (memory) reports its time from its first process's start.
     run_started = float(os.environ.get(RUN_STARTED_ENV, time.time())) if args.resumed else time.time()
     try:
-        with interrupts.catching_ctrl_c():
+        with interrupts.catching_ctrl_c(announce=args.worker_id is None):  # a worker's parent speaks for it
             summary = run_search(study, objective, n_trials=args.trials, timeout=args.timeout,
                                  max_failures=args.max_failures, poll=_poll(args.heartbeat), log=_log,
                                  memory_limit_mb=args.memory_limit if reexec_argv is not None and args.memory_limit

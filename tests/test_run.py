@@ -209,6 +209,36 @@ def test_a_killed_search_keeps_its_finished_trials_and_resumes(fer_slice, tmp_pa
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
 
 
+def test_ctrl_c_stops_a_search_after_the_step_marks_the_trial_failed_and_writes_the_outputs(fer_slice, tmp_path):
+    db = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
+           "--results", str(tmp_path), "--storage", db, "--epochs", "20", "--min-epochs", "20",
+           "--sampler", "random", "--pruner", "none", "--set", "batch_size=32", "--trials", "3"]
+    proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if line.startswith("trial 0 | epoch   2/20"):
+                proc.send_signal(signal.SIGINT)
+                break
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(seen) + out
+    assert proc.returncode == 130, text[-3000:]
+    assert "Ctrl-C: stopping after the current training step" in text
+    assert "interrupted: the running trial is marked failed" in text
+    assert "Exception ignored" not in text  # the request is never raised inside a finalizer
+    assert "epoch   4/20" not in text  # stopped within the epoch Ctrl-C came in (20 steps of 32 images)
+    study = load(db, "baseline_cnn")
+    assert states(study) == ["FAIL"] and study.trials[0].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+    assert len(study.trials[0].user_attrs["history"]) >= 2  # its curve so far is kept
+    assert (tmp_path / "baseline_cnn" / "trials.csv").exists()
+
+
 def test_unobtainable_imagenet_weights_stop_the_search_before_any_trial(fer_slice, tmp_path, monkeypatch, capsys):
     import fer_models.resnet_transfer as resnet
 
