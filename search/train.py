@@ -90,7 +90,8 @@ def train_final(space, out: Path, *, data_path, epochs: int, seed: int = 0, fres
         shutil.rmtree(checkpoint)
     data = load_fer2013(data_path, labels=space.labels, seed=seed)
     print(f"final training of {space.name} ({space.model}) for {epochs} epochs on {len(data.train)} images; "
-          f"validation {len(data.val)}, test {len(data.test)}", flush=True)
+          f"validation {len(data.val)}, test {len(data.test)}; {data.num_classes} classes: {', '.join(data.class_names)}",
+          flush=True)
     started = time.perf_counter()
     result = Objective(data, space, seed=seed, precision=precision, jit=jit).__call__(
         config, epochs=epochs, subset=1.0, label="final", checkpoint_dir=checkpoint)
