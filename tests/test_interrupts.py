@@ -1,6 +1,9 @@
 """Ctrl-C inside a search is a request acted on where stopping is safe; a second one stops at once."""
+import os
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import pytest
@@ -108,10 +111,6 @@ faulthandler.dump_traceback_later(10, exit=True)  # a thread left running: show 
 
 @pytest.mark.slow
 def test_ctrl_c_at_a_random_moment_of_a_search_always_lets_the_process_exit(tmp_path):
-    import os
-    import subprocess
-    from pathlib import Path
-
     env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     for seed in range(40):
         run = subprocess.run([sys.executable, "-c", _RANDOM_CTRL_C, str(tmp_path / f"{seed}.db"), str(seed)],
