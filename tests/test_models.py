@@ -11,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import fer_models
 from fer_models import resnet_transfer
@@ -175,7 +176,8 @@ def test_optimizer_choices():
     ],
     ids=["adam", "adamw", "sgd-nesterov", "sgd-nesterov-decay"],
 )
-def test_fused_update_does_keras_arithmetic(kwargs):
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_fused_update_does_keras_arithmetic(kwargs, traced):
     from fer_models._common import make_optimizer
 
     rng = np.random.default_rng(0)
@@ -185,8 +187,12 @@ def test_fused_update_does_keras_arithmetic(kwargs):
 
     def train(optimizer):
         variables = [keras.Variable(w) for w in start]
-        for step in grads:
-            optimizer.apply(step, variables)
+        if traced:  # all five updates in one graph: the scalars they share must not carry over between them
+            optimizer.build(variables)
+            tf.function(lambda: [optimizer.apply(step, variables) for step in grads])()
+        else:
+            for step in grads:
+                optimizer.apply(step, variables)
         return [v.numpy() for v in variables]
 
     fused = make_optimizer(kwargs["optimizer"], **options)
@@ -196,6 +202,31 @@ def test_fused_update_does_keras_arithmetic(kwargs):
     for got, want, before in zip(moved, train(plain), start):
         assert not np.allclose(got, before)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_fused_update_makes_the_shared_scalars_once(name):
+    # A traced update of every variable makes the step, the powers and the rate once, not per variable:
+    # the ops it adds grow by one kernel (and nothing else) per variable.
+    from fer_models._common import make_optimizer
+
+    def traced_ops(n_variables):
+        optimizer = make_optimizer(name, learning_rate=1e-3, momentum=0.9, weight_decay=0.0)
+        variables = [keras.Variable(np.ones((3,), "float32")) for _ in range(n_variables)]
+        optimizer.build(variables)
+        grads = [tf.ones((3,)) for _ in variables]
+        graph = tf.function(lambda: optimizer.apply(grads, variables)).get_concrete_function().graph
+        return [op.type for op in graph.get_operations()]
+
+    few, many = traced_ops(2), traced_ops(12)
+    kernel = "ResourceApplyAdam" if name == "adam" else "ResourceApplyKerasMomentum"
+    assert many.count(kernel) == 12 and few.count(kernel) == 2
+    added = sorted(set(many) | set(few))
+    grown = {op: many.count(op) - few.count(op) for op in added if many.count(op) != few.count(op)}
+    # per variable: its kernel, the handles it takes (variable and slots), the gradient (a captured
+    # constant here) and the Identity Keras's update returns; no Pow, Cast or read of the step
+    slots = 2 if name == "adam" else 1
+    assert grown == {kernel: 10, "Placeholder": 10 * (1 + slots), "Const": 10, "Identity": 10}
 
 
 def test_a_saved_model_loads_without_fer_models(tmp_path):
