@@ -180,7 +180,8 @@ def test_a_killed_search_keeps_its_finished_trials_and_resumes(fer_slice, tmp_pa
     db = f"sqlite:///{tmp_path}/optuna.db"
     cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
            "--results", str(tmp_path), "--storage", db, "--epochs", "3", "--min-epochs", "3",
-           "--heartbeat", "1", "--sampler", "random", "--set", "batch_size=32"]
+           "--heartbeat", "1", "--sampler", "random", "--set", "batch_size=32",
+           "--memory-limit", "0"]  # no fresh process between trials (test_recycle.py): a TensorFlow import each
     env = os.environ | {"PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([*cmd, "--trials", "3"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)

@@ -22,7 +22,10 @@ from search.workers import thread_env
 
 REPO = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("FER_SEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-QUICK = ["--min-epochs", "1", "--set", "batch_size=32", "--sampler", "random", "--pruner", "none"]
+# --memory-limit 0: no fresh process between a worker's trials (tested in test_recycle.py); each costs a
+# TensorFlow import, about a minute of this file on a slow machine.
+QUICK = ["--min-epochs", "1", "--set", "batch_size=32", "--sampler", "random", "--pruner", "none",
+         "--memory-limit", "0"]
 SECRET = "pw-Zq8xK3vT"
 
 
