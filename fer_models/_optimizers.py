@@ -34,8 +34,8 @@ def fuse(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
         step = _momentum_step
     else:
         return optimizer
-    # The scalars every variable's kernel takes, made by the first variable's step of each update of all
-    # variables and reused by the rest. Never across updates: a graph may hold several (steps_per_execution).
+    # The scalars every variable's kernel takes, by dtype, made by the first variable's step of each update of
+    # all variables and reused by the rest. Never across updates: a graph may hold several (steps_per_execution).
     shared: dict | None = None
     keras_step, keras_update_all = optimizer.update_step, optimizer._backend_update_step
 
@@ -68,10 +68,10 @@ def _adam_step(self, gradient, variable, learning_rate, shared: dict) -> None:
     import tensorflow as tf
 
     dtype = variable.dtype
-    if ("adam", dtype) not in shared:
+    if dtype not in shared:
         step = tf.cast(self.iterations + 1, dtype)
         beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-        shared["adam", dtype] = {
+        shared[dtype] = {
             "beta1_power": tf.pow(beta_1, step),
             "beta2_power": tf.pow(beta_2, step),
             "lr": tf.cast(learning_rate, dtype),
@@ -85,7 +85,7 @@ def _adam_step(self, gradient, variable, learning_rate, shared: dict) -> None:
         m=self._momentums[index].handle,
         v=self._velocities[index].handle,
         grad=tf.cast(gradient, dtype),
-        **shared["adam", dtype],
+        **shared[dtype],
     )
 
 
@@ -95,12 +95,12 @@ def _momentum_step(self, gradient, variable, learning_rate, shared: dict) -> Non
     import tensorflow as tf
 
     dtype = variable.dtype
-    if ("momentum", dtype) not in shared:
-        shared["momentum", dtype] = {"lr": tf.cast(learning_rate, dtype), "momentum": tf.cast(self.momentum, dtype)}
+    if dtype not in shared:
+        shared[dtype] = {"lr": tf.cast(learning_rate, dtype), "momentum": tf.cast(self.momentum, dtype)}
     tf.raw_ops.ResourceApplyKerasMomentum(
         var=variable.handle,
         accum=self.momentums[self._get_variable_index(variable)].handle,
         grad=tf.cast(gradient, dtype),
         use_nesterov=self.nesterov,
-        **shared["momentum", dtype],
+        **shared[dtype],
     )
