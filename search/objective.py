@@ -20,7 +20,7 @@ import numpy as np
 
 from search import interrupts, metrics
 from search.data import Augment, FERData, Split, make_dataset
-from search.data.pipeline import PARALLEL_CALLS
+from search.data.pipeline import TrainingPipeline
 from search.space import LR_SCHEDULES, TRAINING_DEFAULTS, Space
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -88,6 +88,8 @@ class Objective:
         self.builder = get_builder(space.model)
         self.builder_params = set(builder_defaults(space.model))
         self._subsets: dict[float, Split] = {}
+        self._pipelines: dict[tuple[float, bool], TrainingPipeline] = {}
+        self._val_ds = None
         self.preflight()
         # Every trial starts with clear_session(), whose full garbage collection walked every object
         # TensorFlow and Keras made at import (0.2-0.3 s a trial here). Those live as long as the
@@ -133,8 +135,12 @@ class Objective:
             model.jit_compile = self.jit  # read when fit() first traces the training step
         return model
 
-    def datasets(self, config: dict[str, Any], subset: float | None = None):
-        """(training, validation) tf.data pipelines for `config`: its batch size and augmentation."""
+    def datasets(self, config: dict[str, Any], subset: float | None = None) -> tuple[TrainingPipeline, Any]:
+        """(training pipeline, validation dataset) for `config`: its batch size and augmentation.
+
+        Both are built once per objective and reused: the training pipeline per subset and label form
+        (one-hot under label smoothing), set to the configuration's batch size and augmentation, starting
+        at epoch 0. Its dataset runs over every epoch: pass `steps_per_epoch` to `fit`."""
         _, training = split_config(config, self.builder_params)
         augment = Augment(
             flip=bool(training["flip"]),
@@ -142,15 +148,15 @@ class Objective:
             zoom=float(training["zoom"]),
             shift=float(training["shift"]),
         )
-        train = self.train_split(subset or self.space.budget.subset)
-        train_ds = make_dataset(train, batch_size=int(training["batch_size"]), training=True, augment=augment,
-                                seed=self.seed)
-        if training["label_smoothing"]:
-            import tensorflow as tf
-
-            k = self.data.num_classes
-            train_ds = train_ds.map(lambda x, y: (x, tf.one_hot(y, k)), num_parallel_calls=PARALLEL_CALLS)
-        return train_ds, make_dataset(self.data.val, batch_size=256, training=False)
+        subset = subset or self.space.budget.subset
+        one_hot = bool(training["label_smoothing"])
+        if (subset, one_hot) not in self._pipelines:
+            self._pipelines[subset, one_hot] = TrainingPipeline(
+                self.train_split(subset), seed=self.seed, one_hot=self.data.num_classes if one_hot else None)
+        if self._val_ds is None:
+            self._val_ds = make_dataset(self.data.val, batch_size=256, training=False)
+        pipeline = self._pipelines[subset, one_hot].configure(batch_size=int(training["batch_size"]), augment=augment)
+        return pipeline, self._val_ds
 
     def __call__(
         self,
@@ -182,12 +188,12 @@ class Objective:
             model.compile(optimizer=model.optimizer, metrics=["accuracy"],
                           loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(training["label_smoothing"])))
         train, val = self.train_split(subset), self.data.val
-        train_ds, val_ds = self.datasets(config, subset)
+        pipeline, val_ds = self.datasets(config, subset)
         best = _BestEpoch(val_ds, val.y, self.data.num_classes, on_epoch=on_epoch, log=self.log, label=label,
                           epochs=epochs, started=started, checkpoint_dir=checkpoint_dir)
         # The schedule starts from the configuration's rate, read before a resumed run restores a decayed one.
         schedule = _schedule(training["lr_schedule"], epochs, float(model.optimizer.learning_rate))
-        all_callbacks = [_NanGuard(), _StopOnCtrlC(), best, *schedule, *callbacks]
+        all_callbacks = [_NanGuard(), _StopOnCtrlC(), _FirstEpoch(pipeline), best, *schedule, *callbacks]
         # Variables made inside the first training step make TensorFlow trace the step twice (about
         # 0.75 s a trial here): the optimizer's (a checkpoint would skip their saved state too) and the
         # compiled metrics', which Keras builds there when no distribution strategy is set.
@@ -198,8 +204,9 @@ class Objective:
             # after _BestEpoch, so the curve and the best weights are on disk before the epoch counts as done
             all_callbacks.append(keras.callbacks.BackupAndRestore(str(Path(checkpoint_dir) / "backup")))
         model.fit(  # no validation_data: _BestEpoch validates, once per epoch, every metric from one pass
-            train_ds,
+            pipeline.dataset,
             epochs=epochs,
+            steps_per_epoch=pipeline.steps_per_epoch,  # one iterator over every epoch
             class_weight=self.data.class_weights() if training["class_weights"] else None,
             callbacks=all_callbacks,
             shuffle=False,  # the dataset shuffles itself, every epoch
@@ -250,6 +257,20 @@ class _NanGuard(keras.callbacks.Callback):
         self.epoch = epoch
 
 
+class _FirstEpoch(keras.callbacks.Callback):
+    """Starts the training pipeline at the epoch `fit` starts at: 0, or where a resumed run left off
+    (`BackupAndRestore` sets it before the first epoch begins; `fit` makes its iterator after)."""
+
+    def __init__(self, pipeline: TrainingPipeline):
+        super().__init__()
+        self.pipeline, self.started = pipeline, False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.started:
+            self.pipeline.start_at(epoch)
+            self.started = True
+
+
 class _StopOnCtrlC(keras.callbacks.Callback):
     """Acts on a Ctrl-C that `search.interrupts` recorded, after the training step it came in."""
 
@@ -282,6 +303,7 @@ class _BestEpoch(keras.callbacks.Callback):
         self._epoch_started = started
         self.dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self._forward_fn = self._forward_model = None
+        self._seed_states = None  # of the run being resumed, for the epoch it resumes at
 
     def resume(self, model) -> None:
         """Take up the curve and the best weights a checkpointed run left behind."""
@@ -292,6 +314,7 @@ class _BestEpoch(keras.callbacks.Callback):
         self.history, self.best_accuracy, self.best_epoch = state["history"], state["best_accuracy"], state["best_epoch"]
         model.load_weights(self.dir / "best.weights.h5")
         self.weights = model.get_weights()
+        self._seed_states = state.get("seed_states")
         if self.log:
             self.log(f"{self.label} | resuming after epoch {len(self.history)} (best {self.best_accuracy:.4f} "
                      f"at epoch {self.best_epoch + 1})")
@@ -301,7 +324,8 @@ class _BestEpoch(keras.callbacks.Callback):
         if improved:
             self.model.save_weights(self.dir / "best-partial.weights.h5")
             os.replace(self.dir / "best-partial.weights.h5", self.dir / "best.weights.h5")
-        state = {"history": self.history, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch}
+        state = {"history": self.history, "best_accuracy": self.best_accuracy, "best_epoch": self.best_epoch,
+                 "seed_states": [v.numpy().tolist() for v in _seed_states(self.model)]}
         (self.dir / "state.tmp.json").write_text(json.dumps(state))
         os.replace(self.dir / "state.tmp.json", self.dir / "state.json")
 
@@ -311,6 +335,12 @@ class _BestEpoch(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._epoch_started = time.perf_counter()
+        if self._seed_states is not None and epoch == len(self.history):
+            # Dropout's generators go on from where they were (weights files leave them out). Not when
+            # the run was stopped between saving its curve and its backup: they are an epoch ahead then.
+            for variable, value in zip(_seed_states(self.model), self._seed_states, strict=True):
+                variable.assign(np.asarray(value, dtype=variable.dtype))
+        self._seed_states = None
         del self.history[epoch:]  # an epoch interrupted after its curve was saved runs again
 
     def _forward(self):
@@ -362,6 +392,12 @@ class _BestEpoch(keras.callbacks.Callback):
             )
         if self.on_epoch:
             self.on_epoch(epoch, row | {"best_val_accuracy": self.best_accuracy})
+
+
+def _seed_states(model) -> list:
+    """The model's random-number generator states (its dropout layers'): its variables that are not weights."""
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
 
 
 def _schedule(kind: str, epochs: int, base: float) -> list[Any]:

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from search.data import (
-    EMOTIONS, LABEL_MAPS, USAGES, Augment, DataError, FERData, LabelMap, load_fer2013, load_raw,
-    make_dataset, resolve_data_path,
+    EMOTIONS, LABEL_MAPS, USAGES, Augment, DataError, FERData, LabelMap, TrainingPipeline, load_fer2013,
+    load_raw, make_dataset, resolve_data_path,
 )
 from search.data import cache, csv_source
 
@@ -506,15 +506,48 @@ def test_eval_dataset_keeps_order_and_never_augments(small_data: FERData) -> Non
 
 
 def test_training_dataset_shuffles_deterministically_each_epoch(small_data: FERData) -> None:
-    ds = make_dataset(small_data.train, batch_size=8, training=True, seed=5)
-    x1, y1 = _epoch(ds)
-    x2, _ = _epoch(ds)
-    x_again, _ = _epoch(make_dataset(small_data.train, batch_size=8, training=True, seed=5))
+    x1, y1 = _epoch(make_dataset(small_data.train, batch_size=8, training=True, seed=5))
+    x2, _ = _epoch(make_dataset(small_data.train, batch_size=8, training=True, seed=5, epoch=1))
+    x_again, _ = _epoch(make_dataset(small_data.train, batch_size=8, training=True, seed=5, epoch=0))
+    other_seed, _ = _epoch(make_dataset(small_data.train, batch_size=8, training=True, seed=6))
     np.testing.assert_array_equal(sorted_split(x1, y1)[0],  # every image once per epoch
                                   sorted_split(small_data.train.x, small_data.train.y)[0])
     assert not np.array_equal(x1, small_data.train.x)  # shuffled
     assert not np.array_equal(x1, x2)  # reshuffled next epoch
-    np.testing.assert_array_equal(x1, x_again)  # seeded
+    assert not np.array_equal(x1, other_seed)
+    np.testing.assert_array_equal(x1, x_again)  # a function of the seed and the epoch
+
+
+def _stream(pipeline: TrainingPipeline, epochs: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    batches = pipeline.dataset.take(epochs * pipeline.steps_per_epoch).as_numpy_iterator()
+    return [(x, y) for x, y in batches]
+
+
+def test_a_training_pipeline_streams_the_epochs_make_dataset_gives(small_data: FERData) -> None:
+    aug = Augment(flip=True, rotation=0.05, zoom=0.1)
+    pipeline = TrainingPipeline(small_data.train, seed=3).configure(batch_size=8, augment=aug, first_epoch=1)
+    assert pipeline.steps_per_epoch == 4  # 28 images
+    stream = _stream(pipeline, 2)
+    expected = [b for e in (1, 2) for b in make_dataset(small_data.train, batch_size=8, training=True, augment=aug,
+                                                       seed=3, epoch=e).as_numpy_iterator()]
+    assert [x.shape[0] for x, _ in stream] == [8, 8, 8, 4, 8, 8, 8, 4]
+    for (x, y), (x_ref, y_ref) in zip(stream, expected, strict=True):
+        np.testing.assert_array_equal(x, x_ref)
+        np.testing.assert_array_equal(y, y_ref)
+    # Reused with other settings, as the next trial does: the new batch size, no augmentation, epoch 0.
+    pipeline.configure(batch_size=16, augment=Augment(flip=False))
+    (x, y), (x2, y2) = _stream(pipeline, 1)
+    plain, labels = _epoch(make_dataset(small_data.train, batch_size=16, training=True, seed=3))
+    np.testing.assert_array_equal(np.concatenate([x, x2]), plain)
+    np.testing.assert_array_equal(np.concatenate([y, y2]), labels)
+
+
+def test_a_training_pipeline_gives_one_hot_labels_when_asked(small_data: FERData) -> None:
+    pipeline = TrainingPipeline(small_data.train, seed=0, one_hot=7).configure(batch_size=8, augment=Augment())
+    (_, y), *_ = _stream(pipeline, 1)
+    assert y.shape == (8, 7) and np.all(y.sum(axis=1) == 1)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        pipeline.configure(batch_size=0, augment=Augment())
 
 
 def test_pipelines_run_without_autotuning(small_data: FERData) -> None:
@@ -523,19 +556,19 @@ def test_pipelines_run_without_autotuning(small_data: FERData) -> None:
     for training in (True, False):
         ds = make_dataset(small_data.train, batch_size=8, training=training, augment=Augment(rotation=0.05))
         assert ds.options().autotune.enabled is False
+    assert TrainingPipeline(small_data.train).dataset.options().autotune.enabled is False
 
 
 def test_augmentation_changes_training_images(small_data: FERData) -> None:
     plain, _ = _epoch(make_dataset(small_data.train, batch_size=8, training=True, seed=1))
     aug = Augment(flip=True, rotation=0.05, zoom=0.1, shift=0.1)
-    ds = make_dataset(small_data.train, batch_size=8, training=True, augment=aug, seed=1)
-    first, _ = _epoch(ds)
-    second, _ = _epoch(ds)
+    first, _ = _epoch(make_dataset(small_data.train, batch_size=8, training=True, augment=aug, seed=1))
+    second, _ = _epoch(make_dataset(small_data.train, batch_size=8, training=True, augment=aug, seed=1, epoch=1))
     assert first.shape == plain.shape and first.dtype == np.float32
     assert first.min() >= 0 and first.max() <= 255
     changed = [not np.array_equal(a, b) for a, b in zip(first, plain)]
     assert sum(changed) >= len(changed) - 1
-    assert not np.array_equal(first, second)  # new draws every epoch
+    assert not np.array_equal(first, second)  # new draws every epoch (and a new order)
 
 
 def test_flip_only_mirrors_whole_images(small_data: FERData) -> None:

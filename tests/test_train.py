@@ -94,6 +94,25 @@ def test_interrupted_final_training_resumes_from_its_checkpoint(fer_slice, tmp_p
     assert len(result.history) == 4 and result.history[:2] == state["history"]
 
 
+def test_a_resumed_run_trains_its_later_epochs_as_an_uninterrupted_run_does(fer_slice, tmp_path):
+    # Epoch e's batches (order and augmentation) are a function of the seed and e alone, and the
+    # checkpoint holds the model and optimizer state: the epochs after a resume are the same epochs.
+    from search.objective import Objective
+
+    path = tmp_path / "small.yaml"
+    path.write_text("model: baseline_cnn\nparams: {batch_size: 32, base_filters: 8, shift: 0.1}\n")
+    space = load_space(path)
+    data = load_fer2013(fer_slice)
+    whole = Objective(data, space, log=None)(space.defaults(), epochs=3)
+    with pytest.raises(KeyboardInterrupt):
+        Objective(data, space, log=None)(space.defaults(), epochs=3, checkpoint_dir=tmp_path / "ckpt",
+                                         callbacks=[StopAfterSecondEpoch()])
+    resumed = Objective(data, space, log=None)(space.defaults(), epochs=3, checkpoint_dir=tmp_path / "ckpt")
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert [row[key] for row in resumed.history] == pytest.approx([row[key] for row in whole.history],
+                                                                      rel=1e-5), key
+
+
 def test_a_resumed_final_training_counts_the_epochs_of_the_interrupted_run(fer_slice, tmp_path):
     from search.objective import Objective
 
@@ -145,11 +164,10 @@ def test_label_smoothing_trains_on_one_hot_labels_with_the_smoothed_loss(fer_sli
     space = load_space(path)
     data = load_fer2013(fer_slice)
     objective = Objective(data, space, log=None)
-    train_ds, val_ds = objective.datasets(space.defaults())
-    _, labels = next(iter(train_ds))
+    pipeline, val_ds = objective.datasets(space.defaults())
+    _, labels = next(iter(pipeline.dataset))
     assert labels.shape == (32, data.num_classes)  # one-hot: the categorical loss needs them
-    # the one-hot map keeps the pipeline's options: no autotuning thread for model.fit to wait for
-    assert not train_ds.options().autotune.enabled and not val_ds.options().autotune.enabled
+    assert not pipeline.dataset.options().autotune.enabled and not val_ds.options().autotune.enabled
 
     result = objective(space.defaults(), epochs=1)
     loss = result.model.loss

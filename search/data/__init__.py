@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from search.data.labels import LABEL_MAPS, LabelMap
 from search.data.loading import FERData, Split, load_fer2013, load_raw, resolve_data_path
-from search.data.pipeline import Augment, augment_batch, make_dataset
+from search.data.pipeline import Augment, TrainingPipeline, augment_batch, make_dataset
 from search.data.schema import EMOTIONS, IMAGE_SIZE, SPLIT_NAMES, USAGES, DataError, RawFER
 
 __all__ = [
     "EMOTIONS", "IMAGE_SIZE", "USAGES", "SPLIT_NAMES", "DataError", "RawFER", "LabelMap",
     "LABEL_MAPS", "Split", "FERData", "resolve_data_path", "load_raw", "load_fer2013", "Augment",
-    "make_dataset", "augment_batch",
+    "make_dataset", "TrainingPipeline", "augment_batch",
 ]
