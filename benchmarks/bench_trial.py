@@ -149,7 +149,7 @@ def plain_fit(objective, config, subset: float, epochs: int) -> list[float]:
     pipeline, val_ds = objective.datasets(config, subset)
     timer = benchlib.epoch_timer()
     model.fit(pipeline.dataset, steps_per_epoch=pipeline.steps_per_epoch, validation_data=val_ds, epochs=epochs,
-              callbacks=[timer], verbose=0)
+              callbacks=[timer], shuffle=False, verbose=0)
     return timer.epoch_seconds[1:]
 
 

@@ -111,13 +111,14 @@ class TrainingPipeline:
 
     Epoch ``e``'s order and augmentation are a function of the seed and ``e`` alone, batch for batch
     the same as ``make_dataset(..., epoch=e)``: a run resumed at epoch ``e`` sees what an uninterrupted
-    run would have. Settings apply to iterators made after they are set; one trial at a time.
+    run would have. `configure` it before reading it; settings apply to iterators made after they are
+    set, so one trial at a time.
     """
 
     def __init__(self, split: Split, *, seed: int = 0, one_hot: int | None = None):
         import tensorflow as tf
 
-        _check(split, 1)
+        _check(split, 1, "TrainingPipeline")
         self.size, self.seed, self.one_hot = len(split), seed, one_hot
         self.steps_per_epoch = 0
         self._batch_size = tf.Variable(1, dtype=tf.int64, trainable=False)
@@ -133,7 +134,7 @@ class TrainingPipeline:
 
     def configure(self, *, batch_size: int, augment: Augment, first_epoch: int = 0) -> TrainingPipeline:
         """Set the batch size, the augmentation and the epoch the next iterator starts at."""
-        _check(None, batch_size)
+        _check(None, batch_size, "TrainingPipeline.configure")
         self.steps_per_epoch = math.ceil(self.size / batch_size)
         self._batch_size.assign(batch_size)
         self._flip.assign(bool(augment.flip))
@@ -147,11 +148,11 @@ class TrainingPipeline:
         return self
 
 
-def _check(split: Split | None, batch_size: int) -> None:
+def _check(split: Split | None, batch_size: int, where: str = "make_dataset") -> None:
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"make_dataset: batch_size must be a positive integer, got {batch_size!r}")
+        raise ValueError(f"{where}: batch_size must be a positive integer, got {batch_size!r}")
     if split is not None and len(split) == 0:
-        raise ValueError("make_dataset: the split is empty")
+        raise ValueError(f"{where}: the split is empty")
 
 
 def _training_batches(epochs: tf.data.Dataset, x: tf.Tensor, y: tf.Tensor, *, batch_size, seed: int,
