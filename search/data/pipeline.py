@@ -121,10 +121,11 @@ class TrainingPipeline:
         _check(split, 1, "TrainingPipeline")
         self.size, self.seed, self.one_hot = len(split), seed, one_hot
         self.steps_per_epoch = 0
-        self._batch_size = tf.Variable(1, dtype=tf.int64, trainable=False)
-        self._first_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self._flip = tf.Variable(False, trainable=False)
-        self._warp = [tf.Variable(0.0, trainable=False) for _ in ("rotation", "zoom", "shift")]
+        with tf.device("/CPU:0"):  # tf.data runs its functions on the host: its variables live there too
+            self._batch_size = tf.Variable(1, dtype=tf.int64, trainable=False)
+            self._first_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+            self._flip = tf.Variable(False, trainable=False)
+            self._warp = [tf.Variable(0.0, trainable=False) for _ in ("rotation", "zoom", "shift")]
         x, y = tf.constant(split.x), tf.constant(split.y)
         # The first epoch is read when an iterator starts, not when the pipeline is built.
         first = tf.data.Dataset.range(1).map(lambda _: self._first_epoch.read_value())
