@@ -296,8 +296,11 @@ def run_search(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        done = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        # One read for both counts: with two, a trial finishing between them was counted in neither, and
+        # this worker started a trial the budget had no place for (recorded as a failed surplus trial).
+        states = [t.state for t in study.get_trials(deepcopy=False, states=(*FINISHED_STATES, TrialState.RUNNING))]
+        running = states.count(TrialState.RUNNING)
+        done = len(states) - running
         if n_trials is not None and done >= n_trials:
             break
         if deadline is not None and time.monotonic() >= deadline:

@@ -137,6 +137,27 @@ def test_a_worker_waits_for_the_trials_of_others_and_leaves_when_they_finish(tmp
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
 
 
+def test_a_trial_finishing_while_a_worker_counts_the_budget_starts_no_surplus_trial(tmp_path):
+    # The other worker's trial finishes right after this worker read the study: its counts must come
+    # from that one read (two reads, finished then running, missed it in both and started a surplus trial).
+    storage = open_storage(f"sqlite:///{tmp_path}/s.db", heartbeat=1)
+    study = optuna.create_study(storage=storage, direction="maximize")
+    other = study.ask()
+    read = study.get_trials
+
+    def finished_just_after_the_read(*args, **kwargs):
+        trials = read(*args, **kwargs)
+        still_running = study.trials[other.number].state == TrialState.RUNNING
+        if TrialState.COMPLETE in (kwargs.get("states") or ()) and still_running:
+            study.tell(other, 0.3)
+        return trials
+
+    study.get_trials = finished_just_after_the_read
+    summary = run_search(study, lambda trial: 1.0, n_trials=1, poll=0.05, log=lambda line: None)
+    assert summary.ran == 0
+    assert [t.state for t in read()] == [TrialState.COMPLETE]
+
+
 def test_samplers_seeded_per_trial_never_replay_points_across_processes(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     optuna.create_study(study_name="s", storage=url, direction="maximize")
