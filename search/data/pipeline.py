@@ -9,7 +9,7 @@ import math
 import numbers
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -92,7 +92,7 @@ def make_dataset(split: Split, *, batch_size: int, training: bool, augment: Augm
         on = augment is not None and augment.enabled
         settings = (augment.flip, augment.rotation, augment.zoom, augment.shift) if on else None
         return _training_batches(tf.data.Dataset.from_tensors(np.int64(epoch)), x, y, batch_size=batch_size,
-                                 seed=seed, augment=lambda: settings)
+                                 seed=seed, augment=settings)
     ds = tf.data.Dataset.range(len(split)).batch(batch_size)
     # Gathering whole batches of indices is much faster than slicing images one by one.
     ds = ds.map(lambda i: (tf.cast(tf.gather(x, i), tf.float32), tf.gather(y, i)),
@@ -119,7 +119,7 @@ class TrainingPipeline:
         import tensorflow as tf
 
         _check(split, 1, "TrainingPipeline")
-        self.size, self.seed, self.one_hot = len(split), seed, one_hot
+        self.size = len(split)
         self.steps_per_epoch = 0
         with tf.device("/CPU:0"):  # tf.data runs its functions on the host: its variables live there too
             self._batch_size = tf.Variable(1, dtype=tf.int64, trainable=False)
@@ -131,7 +131,7 @@ class TrainingPipeline:
         first = tf.data.Dataset.range(1).map(lambda _: self._first_epoch.read_value())
         epochs = first.flat_map(lambda e: tf.data.Dataset.range(e, np.iinfo(np.int64).max))
         self.dataset = _training_batches(epochs, x, y, batch_size=self._batch_size, seed=seed, one_hot=one_hot,
-                                         augment=lambda: (self._flip, *self._warp))
+                                         augment=(self._flip, *self._warp))
 
     def configure(self, *, batch_size: int, augment: Augment, first_epoch: int = 0) -> TrainingPipeline:
         """Set the batch size, the augmentation and the epoch the next iterator starts at."""
@@ -157,9 +157,10 @@ def _check(split: Split | None, batch_size: int, where: str = "make_dataset") ->
 
 
 def _training_batches(epochs: tf.data.Dataset, x: tf.Tensor, y: tf.Tensor, *, batch_size, seed: int,
-                      augment: Callable[[], tuple | None], one_hot: int | None = None) -> tf.data.Dataset:
+                      augment: tuple | None, one_hot: int | None = None) -> tf.data.Dataset:
     """The batches of each epoch index in ``epochs``: a seeded permutation per epoch, cut into batches,
-    gathered and augmented with a stateless seed per (epoch, batch)."""
+    gathered and augmented with a stateless seed per (epoch, batch). ``augment`` is (flip, rotation,
+    zoom, shift) as Python values or variables (read each time a batch is made), or None."""
     import tensorflow as tf
 
     n = int(x.shape[0])
@@ -171,10 +172,9 @@ def _training_batches(epochs: tf.data.Dataset, x: tf.Tensor, y: tf.Tensor, *, ba
 
     def load(indices, epoch, batch):
         images, labels = tf.cast(tf.gather(x, indices), tf.float32), tf.gather(y, indices)
-        params = augment()
-        if params is not None:
+        if augment is not None:
             key = tf.random.experimental.stateless_fold_in(tf.stack([np.int64(seed), 2 * epoch + 1]), batch)
-            images = _augment(images, key, *params)
+            images = _augment(images, key, *augment)
         if one_hot:
             labels = tf.one_hot(labels, one_hot)
         return images, labels
