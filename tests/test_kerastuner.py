@@ -2,6 +2,7 @@
 searches through search.run on a small real FER2013 slice."""
 from __future__ import annotations
 
+from pathlib import Path
 import keras_tuner as kt
 import optuna
 import pytest
@@ -16,6 +17,8 @@ from search.optuna_driver import make_pruner, make_sampler, open_study
 from search.optuna_sampling import suggest
 from search.run import configure_space
 from search.space import load_space
+
+SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 
 QUICK = ["--epochs", "2", "--min-epochs", "1", "--set", "batch_size=32"]
 
@@ -138,25 +141,25 @@ def test_hyperband_never_ranks_on_fewer_than_min_epochs():
 
 def test_search_completes_records_and_resumes(fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    common = ["--space", "baseline_cnn", "--driver", "kerastuner", "--tuner", "random", "--data", str(fer_slice),
+    common = ["--space", SMALL_CNN, "--driver", "kerastuner", "--tuner", "random", "--data", str(fer_slice),
               "--results", str(tmp_path), "--storage", db, *QUICK]
     assert run.main([*common, "--trials", "3"]) == 0
-    study = load(db, "baseline_cnn-kerastuner")
+    study = load(db, "small_cnn-kerastuner")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     first = study.trials[0]
-    defaults = load_space("baseline_cnn").defaults()
+    defaults = load_space(SMALL_CNN).defaults()
     assert first.user_attrs["default_point"] is True and first.user_attrs["config"]["batch_size"] == 32
     assert first.params == {k: v for k, v in defaults.items() if k not in ("flip", "batch_size")}
     assert len(first.user_attrs["history"]) == 2 and first.user_attrs["metrics"]["epochs_run"] == 2
     assert first.intermediate_values[2] == first.value and first.duration.total_seconds() > 0
-    assert (tmp_path / "baseline_cnn-kerastuner" / "kerastuner" / "oracle.json").exists()
+    assert (tmp_path / "small_cnn-kerastuner" / "kerastuner" / "oracle.json").exists()
     out = capsys.readouterr().out
     assert "trial 0 | epoch   1/2" in out and "trial 2 complete: val_acc" in out
     assert "Search: Running Trial" not in out  # KerasTuner's own display stays quiet
 
     assert run.main([*common, "--trials", "5"]) == 0  # the same command resumes the search to 5
-    study = load(db, "baseline_cnn-kerastuner")
-    project = tmp_path / "baseline_cnn-kerastuner" / "kerastuner"
+    study = load(db, "small_cnn-kerastuner")
+    project = tmp_path / "small_cnn-kerastuner" / "kerastuner"
     table = TrialTable(study, configure_space(run.build_parser().parse_args(common)),
                        study.trials[0].user_attrs["kerastuner_project"], "random")
     assert table.sync(project) == []  # a run after this one would record nothing twice
@@ -165,18 +168,18 @@ def test_search_completes_records_and_resumes(fer_slice, tmp_path, capsys):
     assert sorted(t.user_attrs["kerastuner_trial_id"] for t in study.trials) == ["0", "1", "2", "3", "4"]
     assert table["is_default"].sum() == 1 and table["value"].between(0, 1).all()
     assert len(table.drop_duplicates(subset=[c for c in table if c.startswith("params_")])) == 5
-    assert len((tmp_path / "baseline_cnn-kerastuner" / "trials.csv").read_text().splitlines()) == 1 + 5
-    exported = load_space(tmp_path / "baseline_cnn-kerastuner" / "best_config.yaml")
+    assert len((tmp_path / "small_cnn-kerastuner" / "trials.csv").read_text().splitlines()) == 1 + 5
+    exported = load_space(tmp_path / "small_cnn-kerastuner" / "best_config.yaml")
     assert exported.source["driver"] == "kerastuner" and exported.searchable() == {}
 
 
 def test_hyperband_trains_each_trial_for_the_epochs_it_assigns(fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/optuna.db"
     # at most 3 epochs from 1: three 1-epoch trials, then the best of them promoted to 3 epochs
-    assert run.main(["--space", "baseline_cnn", "--driver", "kerastuner", "--data", str(fer_slice),
+    assert run.main(["--space", SMALL_CNN, "--driver", "kerastuner", "--data", str(fer_slice),
                      "--results", str(tmp_path), "--storage", db, "--trials", "4", "--epochs", "3",
                      "--min-epochs", "1", "--subset", "0.5", "--set", "batch_size=32"]) == 0
-    study = load(db, "baseline_cnn-kerastuner")
+    study = load(db, "small_cnn-kerastuner")
     assert [t.user_attrs["metrics"]["epochs_run"] for t in study.trials] == [1, 1, 1, 3]
     promoted = study.trials[3]
     parent = promoted.user_attrs["hyperband"]["trial_id"]
@@ -195,6 +198,8 @@ def test_a_failed_trial_carries_its_reason_and_fresh_starts_over(fer_slice, tmp_
             "optimizer": "sgd",
             "learning_rate": {"type": "categorical", "choices": [1.0e12, 1.0e-3], "default": 1.0e12},
             "batch_size": 32,
+            "base_filters": 8,
+            "dense_units": 64,
         },
     }))
     db = f"sqlite:///{tmp_path}/optuna.db"
@@ -227,10 +232,10 @@ def test_a_failed_trial_carries_its_reason_and_fresh_starts_over(fer_slice, tmp_
 
 def test_both_drivers_share_one_study(fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    space = load_space("baseline_cnn").with_settings(epochs=1, min_epochs=1).with_fixed({"batch_size": 32})
+    space = load_space(SMALL_CNN).with_settings(epochs=1, min_epochs=1).with_fixed({"batch_size": 32})
     open_study(space, study_name="shared", storage=db, sampler=make_sampler("random", 0),
                pruner=make_pruner("none", space))  # as `--driver optuna` creates it: default point WAITING
-    common = ["--space", "baseline_cnn", "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
+    common = ["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
               "--study-name", "shared", "--epochs", "1", "--min-epochs", "1", "--set", "batch_size=32"]
     assert run.main([*common, "--driver", "kerastuner", "--tuner", "random", "--trials", "1"]) == 0
     study = load(db, "shared")

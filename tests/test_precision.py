@@ -1,6 +1,8 @@
 """--precision and --jit: mixed-precision trials still give float32 probabilities; nothing leaks."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import optuna
@@ -12,6 +14,8 @@ from search.data import load_fer2013
 from search.objective import Objective
 from search.space import load_space
 
+SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
+
 
 @pytest.fixture(scope="module")
 def small(fer_slice):
@@ -19,7 +23,7 @@ def small(fer_slice):
 
 
 def tiny_space():
-    return load_space("baseline_cnn").with_settings(epochs=1, min_epochs=1).with_fixed({"batch_size": 32})
+    return load_space(SMALL_CNN).with_settings(epochs=1, min_epochs=1).with_fixed({"batch_size": 32})
 
 
 def test_mixed_bfloat16_trial_trains_in_bfloat16_and_gives_float32_probabilities(small):
@@ -60,10 +64,10 @@ def test_unknown_precision_names_the_choices(small):
 
 def test_search_runs_under_mixed_bfloat16(fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    assert run.main(["--space", "baseline_cnn", "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
+    assert run.main(["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
                      "--trials", "1", "--epochs", "1", "--min-epochs", "1", "--set", "batch_size=32",
                      "--precision", "mixed_bfloat16"]) == 0
-    trial = optuna.load_study(study_name="baseline_cnn", storage=db).trials[0]
+    trial = optuna.load_study(study_name="small_cnn", storage=db).trials[0]
     assert trial.state.name == "COMPLETE" and 0 < trial.value <= 1
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import optuna
 
 REPO = Path(__file__).resolve().parent.parent
+SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 
 
 def test_search_over_its_memory_limit_continues_in_a_fresh_process(fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    command = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
+    command = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
                "--results", str(tmp_path), "--storage", db, "--trials", "3", "--epochs", "1", "--min-epochs", "1",
                "--set", "batch_size=32", "--sampler", "random", "--pruner", "none", "--fresh", "--timeout", "600",
                "--memory-limit", "0.001"]  # any growth at all: a fresh process after every trial but the first
@@ -21,11 +22,11 @@ def test_search_over_its_memory_limit_continues_in_a_fresh_process(fer_slice, tm
                           env=os.environ | {"PYTHONPATH": str(REPO)})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("going on in a fresh process") == 1  # before trial 2; trial 2 ends the budget
-    assert done.stdout.count("study 'baseline_cnn' in") == 2  # the fresh process resumed the same study...
-    study = optuna.load_study(study_name="baseline_cnn", storage=db)
+    assert done.stdout.count("study 'small_cnn' in") == 2  # the fresh process resumed the same study...
+    study = optuna.load_study(study_name="small_cnn", storage=db)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # ...without --fresh deleting it
     assert sum(bool(t.user_attrs.get("default_point")) for t in study.trials) == 1
-    assert done.stdout.count("leaderboard: ") == 1 and (tmp_path / "baseline_cnn" / "trials.csv").exists()
+    assert done.stdout.count("leaderboard: ") == 1 and (tmp_path / "small_cnn" / "trials.csv").exists()
 
 
 def test_a_fresh_process_knows_how_much_one_trial_can_add(monkeypatch):

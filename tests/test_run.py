@@ -19,6 +19,7 @@ from search.optuna_driver import OptunaObjective, SearchStopped, make_pruner, op
 from search.space import list_spaces, load_space
 
 REPO = Path(__file__).resolve().parent.parent
+SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 QUICK = ["--epochs", "2", "--min-epochs", "1", "--set", "batch_size=32"]
 
 
@@ -32,31 +33,31 @@ def states(study: optuna.Study) -> list[str]:
 
 def test_search_completes_stores_and_resumes(fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    common = ["--space", "baseline_cnn", "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
+    common = ["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
               "--sampler", "random", *QUICK]
     assert run.main([*common, "--trials", "3"]) == 0
-    study = load(db, "baseline_cnn")
+    study = load(db, "small_cnn")
     assert len(study.trials) == 3 and all(s in ("COMPLETE", "PRUNED") for s in states(study))
     first = study.trials[0]
     assert first.user_attrs["default_point"] is True
     fixed = ("flip", "batch_size")  # fixed by the space and by --set batch_size=32: not sampled
-    assert first.params == {k: v for k, v in load_space("baseline_cnn").defaults().items() if k not in fixed}
+    assert first.params == {k: v for k, v in load_space(SMALL_CNN).defaults().items() if k not in fixed}
     assert first.state == TrialState.COMPLETE and 0 < first.value <= 1
     assert len(first.user_attrs["history"]) == 2 and first.user_attrs["metrics"]["epochs_run"] == 2
 
     out = capsys.readouterr().out
-    assert "trial 0 | epoch   1/2" in out and "trial 2 " in out and str(tmp_path / "baseline_cnn") in out
+    assert "trial 0 | epoch   1/2" in out and "trial 2 " in out and str(tmp_path / "small_cnn") in out
 
     assert run.main([*common, "--trials", "5"]) == 0  # the same command resumes the study to 5
-    study = load(db, "baseline_cnn")
+    study = load(db, "small_cnn")
     assert [t.number for t in study.trials] == [0, 1, 2, 3, 4]
     assert sum(bool(t.user_attrs.get("default_point")) for t in study.trials) == 1
 
-    table = (tmp_path / "baseline_cnn" / "trials.csv").read_text().splitlines()
+    table = (tmp_path / "small_cnn" / "trials.csv").read_text().splitlines()
     assert len(table) == 1 + 5 and "params_dropout" in table[0]
-    best = tmp_path / "baseline_cnn" / "best_config.yaml"
+    best = tmp_path / "small_cnn" / "best_config.yaml"
     exported = load_space(best)
-    assert exported.searchable() == {} and exported.source["study"] == "baseline_cnn"
+    assert exported.searchable() == {} and exported.source["study"] == "small_cnn"
     best_trial = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
     assert exported.defaults() == best_trial.user_attrs["config"]
     assert exported.source["trial"] == best_trial.number
@@ -67,9 +68,9 @@ def test_exported_best_config_trains_again_through_the_builder(fer_slice, tmp_pa
     from search.objective import Objective
 
     db = f"sqlite:///{tmp_path}/optuna.db"
-    assert run.main(["--space", "baseline_cnn", "--data", str(fer_slice), "--results", str(tmp_path),
+    assert run.main(["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path),
                      "--storage", db, "--trials", "1", "--epochs", "1", "--min-epochs", "1"]) == 0
-    space = load_space(tmp_path / "baseline_cnn" / "best_config.yaml")
+    space = load_space(tmp_path / "small_cnn" / "best_config.yaml")
     objective = Objective(load_fer2013(fer_slice, labels=space.labels), space, log=None)
     result = objective(space.defaults(), epochs=1)
     assert 0 < result.value <= 1 and result.model.count_params() > 0
@@ -83,6 +84,8 @@ def test_nan_trial_fails_with_its_reason_and_the_search_goes_on(fer_slice, tmp_p
             "optimizer": "sgd",
             "learning_rate": {"type": "categorical", "choices": [1.0e12, 1.0e-3], "default": 1.0e12},
             "batch_size": 32,
+            "base_filters": 8,
+            "dense_units": 64,
         },
     }))
     db = f"sqlite:///{tmp_path}/optuna.db"
@@ -178,7 +181,7 @@ def test_help_and_list_run_as_subprocesses():
 
 def test_a_killed_search_keeps_its_finished_trials_and_resumes(fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
            "--results", str(tmp_path), "--storage", db, "--epochs", "2", "--min-epochs", "2",
            "--heartbeat", "1", "--sampler", "random", "--set", "batch_size=32",
            "--memory-limit", "0"]  # no fresh process between trials (test_recycle.py): a TensorFlow import each
@@ -196,13 +199,13 @@ def test_a_killed_search_keeps_its_finished_trials_and_resumes(fer_slice, tmp_pa
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    study = load(db, "baseline_cnn")
+    study = load(db, "small_cnn")
     assert states(study)[:2] == ["COMPLETE", "RUNNING"]
     finished = study.trials[0].value
 
     time.sleep(3.5)  # past the grace period of the dead worker's heartbeat (3 beats of 1 s)
     subprocess.run([*cmd, "--trials", "3"], env=env, cwd=REPO, check=True, capture_output=True)
-    study = load(db, "baseline_cnn")
+    study = load(db, "small_cnn")
     assert study.trials[0].value == finished
     assert study.trials[1].state == TrialState.FAIL  # the killed trial, marked failed, not left RUNNING
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == 1]
@@ -212,7 +215,7 @@ def test_a_killed_search_keeps_its_finished_trials_and_resumes(fer_slice, tmp_pa
 
 def test_ctrl_c_stops_a_search_after_the_step_marks_the_trial_failed_and_writes_the_outputs(fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
            "--results", str(tmp_path), "--storage", db, "--epochs", "20", "--min-epochs", "20",
            "--sampler", "random", "--pruner", "none", "--set", "batch_size=32", "--trials", "3"]
     proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}, cwd=REPO,
@@ -234,10 +237,10 @@ def test_ctrl_c_stops_a_search_after_the_step_marks_the_trial_failed_and_writes_
     assert "interrupted: the running trial is marked failed" in text
     assert "Exception ignored" not in text  # the request is never raised inside a finalizer
     assert "epoch   4/20" not in text  # stopped within the epoch Ctrl-C came in (20 steps of 32 images)
-    study = load(db, "baseline_cnn")
+    study = load(db, "small_cnn")
     assert states(study) == ["FAIL"] and study.trials[0].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
     assert len(study.trials[0].user_attrs["history"]) >= 2  # its curve so far is kept
-    assert (tmp_path / "baseline_cnn" / "trials.csv").exists()
+    assert (tmp_path / "small_cnn" / "trials.csv").exists()
 
 
 def test_unobtainable_imagenet_weights_stop_the_search_before_any_trial(fer_slice, tmp_path, monkeypatch, capsys):

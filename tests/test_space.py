@@ -196,3 +196,16 @@ def test_a_parameter_fixed_at_null_survives_every_copy_and_export(tmp_path):
     path.write_text(exported.to_yaml())
     assert "weights: null" in path.read_text()
     assert load_space(path).defaults()["weights"] is None
+
+
+def test_the_suites_small_space_is_baseline_cnn_narrowed_and_nothing_else():
+    """The searches of the suite run tests/spaces/small_cnn.yaml so that their trials cost seconds; what
+    they check holds for baseline_cnn only while the two differ in the widths alone."""
+    shipped, small = load_space("baseline_cnn"), load_space(Path(__file__).parent / "spaces" / "small_cnn.yaml")
+    narrowed = {"base_filters", "dense_units"}
+    assert (small.model, small.labels, small.budget) == (shipped.model, shipped.labels, shipped.budget)
+    assert list(small.params) == list(shipped.params)
+    assert {n: p for n, p in small.params.items() if n not in narrowed} == \
+        {n: p for n, p in shipped.params.items() if n not in narrowed}
+    for name in narrowed:
+        assert max(small.params[name].choices) < min(shipped.params[name].choices)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -11,12 +12,14 @@ from search import run, train
 from search.data import load_fer2013
 from search.space import load_space
 
+SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
+
 
 def test_final_training_writes_everything_and_tests_on_privatetest_only(fer_slice, tmp_path):
-    code = train.main(["--config", "baseline_cnn", "--data", str(fer_slice), "--results", str(tmp_path),
+    code = train.main(["--config", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path),
                        "--epochs", "2", "--set", "batch_size=32"])
     assert code == 0
-    out = tmp_path / "baseline_cnn" / "final"
+    out = tmp_path / "small_cnn" / "final"
     assert {p.name for p in out.iterdir()} == {"model.keras", "metrics.json", "config.yaml", "report.html"}
     metrics = json.loads((out / "metrics.json").read_text())
     data = load_fer2013(fer_slice)
@@ -43,24 +46,24 @@ def test_final_training_writes_everything_and_tests_on_privatetest_only(fer_slic
 
     page = (out / "report.html").read_text()
     assert "Confusion matrix on PrivateTest" in page and "Training curves" in page
-    assert load_space(out / "config.yaml").defaults() == load_space("baseline_cnn").defaults() | {"batch_size": 32}
+    assert load_space(out / "config.yaml").defaults() == load_space(SMALL_CNN).defaults() | {"batch_size": 32}
 
 
 def test_exported_best_config_round_trips_into_final_training(fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    assert run.main(["--space", "baseline_cnn", "--data", str(fer_slice), "--results", str(tmp_path),
+    assert run.main(["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path),
                      "--storage", db, "--trials", "1", "--epochs", "1", "--min-epochs", "1"]) == 0
-    best = tmp_path / "baseline_cnn" / "best_config.yaml"
+    best = tmp_path / "small_cnn" / "best_config.yaml"
     assert train.main(["--config", str(best), "--data", str(fer_slice), "--results", str(tmp_path / "t"),
                        "--epochs", "1"]) == 0
-    metrics = json.loads((tmp_path / "t" / "baseline_cnn" / "final" / "metrics.json").read_text())
-    assert metrics["source"]["study"] == "baseline_cnn" and metrics["source"]["trial"] == 0
+    metrics = json.loads((tmp_path / "t" / "small_cnn" / "final" / "metrics.json").read_text())
+    assert metrics["source"]["study"] == "small_cnn" and metrics["source"]["trial"] == 0
     assert metrics["config"] == load_space(best).defaults()
 
     # --set on an exported configuration: the trial's values no longer hold, and the outputs say so
     assert train.main(["--config", str(best), "--data", str(fer_slice), "--results", str(tmp_path / "s"),
                        "--epochs", "1", "--set", "lr_schedule=cosine"]) == 0
-    out = tmp_path / "s" / "baseline_cnn" / "final"
+    out = tmp_path / "s" / "small_cnn" / "final"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"] == load_space(best).defaults() | {"lr_schedule": "cosine"}
     assert metrics["source"]["trial"] == 0 and metrics["source"]["set"] == {"lr_schedule": "cosine"}
@@ -78,7 +81,7 @@ class StopAfterSecondEpoch(keras.callbacks.Callback):
 def test_interrupted_final_training_resumes_from_its_checkpoint(fer_slice, tmp_path):
     from search.objective import Objective
 
-    space = load_space("baseline_cnn").with_fixed({"batch_size": 32})
+    space = load_space(SMALL_CNN).with_fixed({"batch_size": 32})
     data = load_fer2013(fer_slice)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
@@ -116,7 +119,7 @@ def test_a_resumed_run_trains_its_later_epochs_as_an_uninterrupted_run_does(fer_
 def test_a_resumed_final_training_counts_the_epochs_of_the_interrupted_run(fer_slice, tmp_path):
     from search.objective import Objective
 
-    space = load_space("baseline_cnn").with_fixed({"batch_size": 32})
+    space = load_space(SMALL_CNN).with_fixed({"batch_size": 32})
     out = tmp_path / "final"
     with pytest.raises(KeyboardInterrupt):  # the first process: two epochs, then killed
         Objective(load_fer2013(fer_slice), space, log=None)(
@@ -143,7 +146,7 @@ def test_cosine_schedule_follows_its_curve_across_an_interruption(fer_slice, tmp
 
     from search.objective import Objective
 
-    space = load_space("baseline_cnn").with_fixed({"batch_size": 32, "lr_schedule": "cosine"})
+    space = load_space(SMALL_CNN).with_fixed({"batch_size": 32, "lr_schedule": "cosine"})
     data = load_fer2013(fer_slice)
     base = space.defaults()["learning_rate"]
     ckpt = tmp_path / "ckpt"

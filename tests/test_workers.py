@@ -21,6 +21,7 @@ from search.storage import open_storage, redact
 from search.workers import thread_env
 
 REPO = Path(__file__).resolve().parent.parent
+SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 PG_URL = os.environ.get("FER_SEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 # --memory-limit 0: no fresh process between a worker's trials (tested in test_recycle.py); each costs a
 # TensorFlow import, about a minute of this file on a slow machine.
@@ -224,7 +225,7 @@ def wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, seconds: floa
 def test_two_local_workers_share_one_study_and_the_parent_writes_the_outputs(pg_url, fer_slice, tmp_path):
     url = with_password(pg_url)  # in the environment, as the README advises: not on any command line
     log = tmp_path / "out.txt"
-    cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
            "--results", str(tmp_path), "--workers", "2", "--trials", "6", "--epochs", "1", *QUICK]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=_env() | {"OPTUNA_STORAGE": url}, cwd=REPO, stdout=out,
@@ -236,7 +237,7 @@ def test_two_local_workers_share_one_study_and_the_parent_writes_the_outputs(pg_
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     text = log.read_text()
 
-    study = optuna.load_study(study_name="baseline_cnn", storage=pg_url)
+    study = optuna.load_study(study_name="small_cnn", storage=pg_url)
     done = finished(study)
     assert len(done) == 6  # the budget is the study's, not each worker's
     assert sum(bool(t.user_attrs.get("default_point")) for t in study.trials) == 1
@@ -252,7 +253,7 @@ def test_two_local_workers_share_one_study_and_the_parent_writes_the_outputs(pg_
     assert all(env["TF_NUM_INTRAOP_THREADS"] == per == env["TF_NUM_INTEROP_THREADS"] for _, env in seen.values())
 
     # the outputs are written once, by the parent, when both workers are done
-    out_dir = tmp_path / "baseline_cnn"
+    out_dir = tmp_path / "small_cnn"
     assert text.count("leaderboard: ") == 1 and "worker 1: finished" in text and "worker 2: finished" in text
     # one row a trial; a surplus trial (two workers asked for the last place at once) is left out of the table
     tabled = [t for t in study.trials if not t.user_attrs.get("surplus")]
@@ -266,7 +267,7 @@ def test_two_local_workers_share_one_study_and_the_parent_writes_the_outputs(pg_
 @pytest.mark.postgres
 def test_a_killed_worker_has_its_trial_failed_and_retried_by_the_survivor(pg_url, fer_slice, tmp_path):
     log = tmp_path / "out.txt"
-    cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
            "--results", str(tmp_path), "--workers", "2", "--trials", "3", "--epochs", "2", "--heartbeat", "1",
            *QUICK]
     with log.open("w") as out:
@@ -283,7 +284,7 @@ def test_a_killed_worker_has_its_trial_failed_and_retried_by_the_survivor(pg_url
                 proc.kill()
     text = log.read_text()
 
-    study = optuna.load_study(study_name="baseline_cnn", storage=pg_url)
+    study = optuna.load_study(study_name="small_cnn", storage=pg_url)
     dead = study.trials[killed]
     assert dead.state == TrialState.FAIL and len(dead.user_attrs["history"]) == 1  # failed, not left RUNNING
     (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
@@ -297,10 +298,10 @@ def test_a_killed_worker_has_its_trial_failed_and_retried_by_the_survivor(pg_url
 @pytest.mark.postgres
 def test_a_study_started_by_one_worker_is_resumed_by_another_process(pg_url, fer_slice, tmp_path, monkeypatch,
                                                                      capsys):
-    common = ["--space", "baseline_cnn", "--data", str(fer_slice), "--epochs", "1", *QUICK]
+    common = ["--space", SMALL_CNN, "--data", str(fer_slice), "--epochs", "1", *QUICK]
     assert run.main([*common, "--storage", pg_url, "--results", str(tmp_path / "a"), "--trials", "2"]) == 0
     first = [(t.number, t.value, t.datetime_complete) for t in
-             optuna.load_study(study_name="baseline_cnn", storage=pg_url).trials]
+             optuna.load_study(study_name="small_cnn", storage=pg_url).trials]
     capsys.readouterr()
 
     monkeypatch.setenv("OPTUNA_STORAGE", with_password(pg_url))  # "another machine": its own results folder
@@ -308,10 +309,10 @@ def test_a_study_started_by_one_worker_is_resumed_by_another_process(pg_url, fer
     out = capsys.readouterr().out
     assert "2 trials so far, 3 wanted" in out and SECRET not in out
 
-    study = optuna.load_study(study_name="baseline_cnn", storage=pg_url)
+    study = optuna.load_study(study_name="small_cnn", storage=pg_url)
     assert [(t.number, t.value, t.datetime_complete) for t in study.trials[:2]] == first
     assert len(finished(study)) == 3 and sum(bool(t.user_attrs.get("default_point")) for t in study.trials) == 1
-    table = (tmp_path / "b" / "baseline_cnn" / "trials.csv").read_text()
+    table = (tmp_path / "b" / "small_cnn" / "trials.csv").read_text()
     assert len(table.splitlines()) == 1 + 3 and SECRET not in table
 
 
@@ -329,7 +330,7 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_kerastuner_chief_and_worker_share_one_search(fer_slice, tmp_path):
     oracle = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--driver", "kerastuner", "--tuner",
+    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--driver", "kerastuner", "--tuner",
            "random", "--data", str(fer_slice), "--results", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/o.db",
            "--trials", "2", "--epochs", "1", "--min-epochs", "1", "--set", "batch_size=32", "--oracle", oracle]
     logs = {role: tmp_path / f"{role}.txt" for role in ("chief", "worker")}
@@ -344,14 +345,14 @@ def test_kerastuner_chief_and_worker_share_one_search(fer_slice, tmp_path):
         for proc in procs.values():
             if proc.poll() is None:
                 proc.kill()
-    study = optuna.load_study(study_name="baseline_cnn-kerastuner", storage=f"sqlite:///{tmp_path}/o.db")
+    study = optuna.load_study(study_name="small_cnn-kerastuner", storage=f"sqlite:///{tmp_path}/o.db")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert all(t.user_attrs["driver"] == "kerastuner" for t in study.trials)
     assert sum(t.user_attrs["default_point"] for t in study.trials) == 1
     worker_log, chief_log = logs["worker"].read_text(), logs["chief"].read_text()
     assert "worker 'w1' of the chief" in worker_log and "trial 1 complete" in worker_log
     assert "chief serving" in chief_log and "trial 0 |" not in chief_log  # the chief trains nothing
-    assert (tmp_path / "baseline_cnn-kerastuner" / "workers" / "w1" / "kerastuner").is_dir()
+    assert (tmp_path / "small_cnn-kerastuner" / "workers" / "w1" / "kerastuner").is_dir()
     assert not re.search(r"^(adam|sgd)$", worker_log + chief_log, re.M)  # KerasTuner's stray print, silenced
 
 
@@ -372,7 +373,7 @@ def test_kerastuner_roles_are_checked_before_anything_starts(tmp_path, capsys):
 
 def test_ctrl_c_reaches_every_local_worker_and_the_outputs_are_still_written(fer_slice, tmp_path):
     log = tmp_path / "out.txt"
-    cmd = [sys.executable, "-m", "search.run", "--space", "baseline_cnn", "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
            "--results", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/o.db", "--workers", "2",
            "--trials", "6", "--epochs", "4", *QUICK]
     with log.open("w") as out:
@@ -394,6 +395,6 @@ def test_ctrl_c_reaches_every_local_worker_and_the_outputs_are_still_written(fer
     text = log.read_text()
     assert text.count("interrupted: the running trial is marked failed") == 2  # one per worker
     assert "worker 1: interrupted" in text and "worker 2: interrupted" in text
-    study = optuna.load_study(study_name="baseline_cnn", storage=f"sqlite:///{tmp_path}/o.db")
+    study = optuna.load_study(study_name="small_cnn", storage=f"sqlite:///{tmp_path}/o.db")
     assert TrialState.RUNNING not in {t.state for t in study.trials}
-    assert (tmp_path / "baseline_cnn" / "trials.csv").exists()
+    assert (tmp_path / "small_cnn" / "trials.csv").exists()
