@@ -294,7 +294,8 @@ class Space(_Strict):
         data["budget"] = self.budget.model_dump() | budget
         if budget.get("epochs") and "min_epochs" not in budget:
             data["budget"]["min_epochs"] = min(data["budget"]["min_epochs"], budget["epochs"])
-        return _validate(data, self.path or self.name)
+        where = self.path or self.name
+        return _validate(data, f"{where} with labels {changes['labels']!r}" if "labels" in changes else where)
 
     # -- identity and output ------------------------------------------------------------------
     def dump(self, **kwargs: Any) -> dict[str, Any]:
@@ -401,6 +402,13 @@ def _check_references(space: Space, where: str) -> None:
         accepted = builder_defaults(space.model)
     except UnknownModelError as exc:
         raise SpaceError(f"{where}: field 'model': {exc}") from None
+    from search.data.labels import LabelMap
+    from search.data.schema import DataError
+
+    try:  # here, not when the data loads: by then a study of this space may already be in the storage
+        LabelMap.from_spec(space.labels)
+    except DataError as exc:
+        raise SpaceError(f"{where}: field 'labels': {exc}") from None
     seen: list[str] = []
     for name, p in space.params.items():
         if name in RESERVED:

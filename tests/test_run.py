@@ -144,6 +144,9 @@ def test_bad_input_is_refused_before_training(fer_slice, tmp_path, capsys):
     assert run.main(["--space", "nope", *base]) == 2
     known = ", ".join(list_spaces())
     assert f"unknown space 'nope'; known spaces: {known} (or give a path" in capsys.readouterr().err
+    assert run.main(["--space", "baseline_cnn", *base, "--labels", "fer5"]) == 2
+    assert "field 'labels': unknown label map 'fer5'; known label maps: fer7, fer4" in capsys.readouterr().err
+    assert not (tmp_path / "o.db").exists()  # refused before the storage: no study of a space that cannot run
     assert run.main(["--space", "baseline_cnn", *base, "--set", "dropuot=0.3"]) == 2
     assert "unknown parameter 'dropuot'" in capsys.readouterr().err
     assert run.main(["--space", "baseline_cnn", *base, "--set", "dropout=0.9"]) == 2

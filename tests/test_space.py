@@ -98,6 +98,14 @@ def test_unknown_model_lists_the_registry(tmp_path):
         load_space(write(tmp_path, "model: vgg\nparams: {}\n"))
 
 
+def test_an_unknown_label_map_is_refused_with_the_space(tmp_path):
+    with pytest.raises(SpaceError, match=r"baseline_cnn.yaml with labels 'fer5': field 'labels': unknown label map"):
+        load_space("baseline_cnn").with_settings(labels="fer5")
+    path = write(tmp_path, "model: baseline_cnn\nlabels: {name: x, groups: {happy: [hapy]}}\nparams: {}\n")
+    with pytest.raises(SpaceError, match=r"s.yaml: field 'labels': label map 'x': groups.happy lists unknown emotion"):
+        load_space(path)
+
+
 def test_unreadable_yaml_names_the_file(tmp_path):
     path = write(tmp_path, "model: baseline_cnn\nparams: {dropout: [0.1\n")
     with pytest.raises(SpaceError, match=rf"{path}: not valid YAML"):
