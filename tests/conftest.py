@@ -20,6 +20,13 @@ def real_fer() -> Path:
 
 
 @pytest.fixture(scope="session")
+def small_cnn() -> str:
+    """The space the suite's searches run: baseline_cnn at a narrow width, so that a trial takes seconds
+    (test_space.py checks that it differs from the shipped space in the widths alone)."""
+    return str(Path(__file__).parent / "spaces" / "small_cnn.yaml")
+
+
+@pytest.fixture(scope="session")
 def fer_slice(real_fer: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real FER2013 slice: 600 Training, 150 PublicTest and 150 PrivateTest rows.
 

@@ -13,8 +13,6 @@ from search.data import load_fer2013
 from search.objective import Objective
 from search.space import load_space
 
-SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
-
 
 class _CtrlCWhileFinalized:
     def __del__(self):
@@ -70,8 +68,8 @@ class _Steps(keras.callbacks.Callback):
         self.ended.append(batch)
 
 
-def test_a_trial_stops_after_the_training_step_ctrl_c_came_in(fer_slice):
-    space = load_space(SMALL_CNN).with_settings(epochs=2, min_epochs=1).with_fixed({"batch_size": 32})
+def test_a_trial_stops_after_the_training_step_ctrl_c_came_in(small_cnn, fer_slice):
+    space = load_space(small_cnn).with_settings(epochs=2, min_epochs=1).with_fixed({"batch_size": 32})
     objective = Objective(load_fer2013(fer_slice), space, log=None)
     steps, epochs = _Steps(), []
     with interrupts.catching_ctrl_c(announce=False), pytest.raises(KeyboardInterrupt):

@@ -2,7 +2,6 @@
 searches through search.run on a small real FER2013 slice."""
 from __future__ import annotations
 
-from pathlib import Path
 import keras_tuner as kt
 import optuna
 import pytest
@@ -17,8 +16,6 @@ from search.optuna_driver import make_pruner, make_sampler, open_study
 from search.optuna_sampling import suggest
 from search.run import configure_space
 from search.space import load_space
-
-SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 
 QUICK = ["--epochs", "2", "--min-epochs", "1", "--set", "batch_size=32"]
 
@@ -139,15 +136,15 @@ def test_hyperband_never_ranks_on_fewer_than_min_epochs():
 # -- searches on the real slice -------------------------------------------------------------------
 
 
-def test_search_completes_records_and_resumes(fer_slice, tmp_path, capsys):
+def test_search_completes_records_and_resumes(small_cnn, fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    common = ["--space", SMALL_CNN, "--driver", "kerastuner", "--tuner", "random", "--data", str(fer_slice),
+    common = ["--space", small_cnn, "--driver", "kerastuner", "--tuner", "random", "--data", str(fer_slice),
               "--results", str(tmp_path), "--storage", db, *QUICK]
     assert run.main([*common, "--trials", "3"]) == 0
     study = load(db, "small_cnn-kerastuner")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
     first = study.trials[0]
-    defaults = load_space(SMALL_CNN).defaults()
+    defaults = load_space(small_cnn).defaults()
     assert first.user_attrs["default_point"] is True and first.user_attrs["config"]["batch_size"] == 32
     assert first.params == {k: v for k, v in defaults.items() if k not in ("flip", "batch_size")}
     assert len(first.user_attrs["history"]) == 2 and first.user_attrs["metrics"]["epochs_run"] == 2
@@ -173,10 +170,10 @@ def test_search_completes_records_and_resumes(fer_slice, tmp_path, capsys):
     assert exported.source["driver"] == "kerastuner" and exported.searchable() == {}
 
 
-def test_hyperband_trains_each_trial_for_the_epochs_it_assigns(fer_slice, tmp_path, capsys):
+def test_hyperband_trains_each_trial_for_the_epochs_it_assigns(small_cnn, fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/optuna.db"
     # at most 3 epochs from 1: three 1-epoch trials, then the best of them promoted to 3 epochs
-    assert run.main(["--space", SMALL_CNN, "--driver", "kerastuner", "--data", str(fer_slice),
+    assert run.main(["--space", small_cnn, "--driver", "kerastuner", "--data", str(fer_slice),
                      "--results", str(tmp_path), "--storage", db, "--trials", "4", "--epochs", "3",
                      "--min-epochs", "1", "--subset", "0.5", "--set", "batch_size=32"]) == 0
     study = load(db, "small_cnn-kerastuner")
@@ -230,12 +227,12 @@ def test_a_failed_trial_carries_its_reason_and_fresh_starts_over(fer_slice, tmp_
     assert len(load(db, "all_fail-kerastuner").trials) == 2  # the failures were recorded before stopping
 
 
-def test_both_drivers_share_one_study(fer_slice, tmp_path, capsys):
+def test_both_drivers_share_one_study(small_cnn, fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    space = load_space(SMALL_CNN).with_settings(epochs=1, min_epochs=1).with_fixed({"batch_size": 32})
+    space = load_space(small_cnn).with_settings(epochs=1, min_epochs=1).with_fixed({"batch_size": 32})
     open_study(space, study_name="shared", storage=db, sampler=make_sampler("random", 0),
                pruner=make_pruner("none", space))  # as `--driver optuna` creates it: default point WAITING
-    common = ["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
+    common = ["--space", small_cnn, "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
               "--study-name", "shared", "--epochs", "1", "--min-epochs", "1", "--set", "batch_size=32"]
     assert run.main([*common, "--driver", "kerastuner", "--tuner", "random", "--trials", "1"]) == 0
     study = load(db, "shared")

@@ -9,12 +9,11 @@ from pathlib import Path
 import optuna
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 
 
-def test_search_over_its_memory_limit_continues_in_a_fresh_process(fer_slice, tmp_path):
+def test_search_over_its_memory_limit_continues_in_a_fresh_process(small_cnn, fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    command = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
+    command = [sys.executable, "-m", "search.run", "--space", small_cnn, "--data", str(fer_slice),
                "--results", str(tmp_path), "--storage", db, "--trials", "3", "--epochs", "1", "--min-epochs", "1",
                "--set", "batch_size=32", "--sampler", "random", "--pruner", "none", "--fresh", "--timeout", "600",
                "--memory-limit", "0.001"]  # any growth at all: a fresh process after every trial but the first

@@ -19,7 +19,6 @@ from search.optuna_driver import OptunaObjective, SearchStopped, make_pruner, op
 from search.space import list_spaces, load_space
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 QUICK = ["--epochs", "2", "--min-epochs", "1", "--set", "batch_size=32"]
 
 
@@ -31,9 +30,9 @@ def states(study: optuna.Study) -> list[str]:
     return [t.state.name for t in study.trials]
 
 
-def test_search_completes_stores_and_resumes(fer_slice, tmp_path, capsys):
+def test_search_completes_stores_and_resumes(small_cnn, fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    common = ["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
+    common = ["--space", small_cnn, "--data", str(fer_slice), "--results", str(tmp_path), "--storage", db,
               "--sampler", "random", *QUICK]
     assert run.main([*common, "--trials", "3"]) == 0
     study = load(db, "small_cnn")
@@ -41,7 +40,7 @@ def test_search_completes_stores_and_resumes(fer_slice, tmp_path, capsys):
     first = study.trials[0]
     assert first.user_attrs["default_point"] is True
     fixed = ("flip", "batch_size")  # fixed by the space and by --set batch_size=32: not sampled
-    assert first.params == {k: v for k, v in load_space(SMALL_CNN).defaults().items() if k not in fixed}
+    assert first.params == {k: v for k, v in load_space(small_cnn).defaults().items() if k not in fixed}
     assert first.state == TrialState.COMPLETE and 0 < first.value <= 1
     assert len(first.user_attrs["history"]) == 2 and first.user_attrs["metrics"]["epochs_run"] == 2
 
@@ -63,12 +62,12 @@ def test_search_completes_stores_and_resumes(fer_slice, tmp_path, capsys):
     assert exported.source["trial"] == best_trial.number
 
 
-def test_exported_best_config_trains_again_through_the_builder(fer_slice, tmp_path):
+def test_exported_best_config_trains_again_through_the_builder(small_cnn, fer_slice, tmp_path):
     from search.data import load_fer2013
     from search.objective import Objective
 
     db = f"sqlite:///{tmp_path}/optuna.db"
-    assert run.main(["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path),
+    assert run.main(["--space", small_cnn, "--data", str(fer_slice), "--results", str(tmp_path),
                      "--storage", db, "--trials", "1", "--epochs", "1", "--min-epochs", "1"]) == 0
     space = load_space(tmp_path / "small_cnn" / "best_config.yaml")
     objective = Objective(load_fer2013(fer_slice, labels=space.labels), space, log=None)
@@ -182,9 +181,9 @@ def test_help_and_list_run_as_subprocesses():
     assert out.splitlines()[0].startswith("baseline_cnn") and "resnet_unfreeze" in out
 
 
-def test_a_killed_search_keeps_its_finished_trials_and_resumes(fer_slice, tmp_path):
+def test_a_killed_search_keeps_its_finished_trials_and_resumes(small_cnn, fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", small_cnn, "--data", str(fer_slice),
            "--results", str(tmp_path), "--storage", db, "--epochs", "2", "--min-epochs", "2",
            "--heartbeat", "1", "--sampler", "random", "--set", "batch_size=32",
            "--memory-limit", "0"]  # no fresh process between trials (test_recycle.py): a TensorFlow import each
@@ -216,9 +215,9 @@ def test_a_killed_search_keeps_its_finished_trials_and_resumes(fer_slice, tmp_pa
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials) == 3
 
 
-def test_ctrl_c_stops_a_search_after_the_step_marks_the_trial_failed_and_writes_the_outputs(fer_slice, tmp_path):
+def test_ctrl_c_stops_a_search_after_the_step_marks_the_trial_failed_and_writes_the_outputs(small_cnn, fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", small_cnn, "--data", str(fer_slice),
            "--results", str(tmp_path), "--storage", db, "--epochs", "20", "--min-epochs", "20",
            "--sampler", "random", "--pruner", "none", "--set", "batch_size=32", "--trials", "3"]
     proc = subprocess.Popen(cmd, env=os.environ | {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}, cwd=REPO,

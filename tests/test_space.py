@@ -206,10 +206,9 @@ def test_a_parameter_fixed_at_null_survives_every_copy_and_export(tmp_path):
     assert load_space(path).defaults()["weights"] is None
 
 
-def test_the_suites_small_space_is_baseline_cnn_narrowed_and_nothing_else():
-    """The searches of the suite run tests/spaces/small_cnn.yaml so that their trials cost seconds; what
-    they check holds for baseline_cnn only while the two differ in the widths alone."""
-    shipped, small = load_space("baseline_cnn"), load_space(Path(__file__).parent / "spaces" / "small_cnn.yaml")
+def test_the_suites_small_space_is_baseline_cnn_narrowed_and_nothing_else(small_cnn):
+    """What the suite's searches check holds for baseline_cnn only while the two differ in the widths alone."""
+    shipped, small = load_space("baseline_cnn"), load_space(small_cnn)
     narrowed = {"base_filters", "dense_units"}
     assert (small.model, small.labels, small.budget) == (shipped.model, shipped.labels, shipped.budget)
     assert list(small.params) == list(shipped.params)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -12,11 +11,9 @@ from search import run, train
 from search.data import load_fer2013
 from search.space import load_space
 
-SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 
-
-def test_final_training_writes_everything_and_tests_on_privatetest_only(fer_slice, tmp_path):
-    code = train.main(["--config", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path),
+def test_final_training_writes_everything_and_tests_on_privatetest_only(small_cnn, fer_slice, tmp_path):
+    code = train.main(["--config", small_cnn, "--data", str(fer_slice), "--results", str(tmp_path),
                        "--epochs", "2", "--set", "batch_size=32"])
     assert code == 0
     out = tmp_path / "small_cnn" / "final"
@@ -46,12 +43,12 @@ def test_final_training_writes_everything_and_tests_on_privatetest_only(fer_slic
 
     page = (out / "report.html").read_text()
     assert "Confusion matrix on PrivateTest" in page and "Training curves" in page
-    assert load_space(out / "config.yaml").defaults() == load_space(SMALL_CNN).defaults() | {"batch_size": 32}
+    assert load_space(out / "config.yaml").defaults() == load_space(small_cnn).defaults() | {"batch_size": 32}
 
 
-def test_exported_best_config_round_trips_into_final_training(fer_slice, tmp_path):
+def test_exported_best_config_round_trips_into_final_training(small_cnn, fer_slice, tmp_path):
     db = f"sqlite:///{tmp_path}/optuna.db"
-    assert run.main(["--space", SMALL_CNN, "--data", str(fer_slice), "--results", str(tmp_path),
+    assert run.main(["--space", small_cnn, "--data", str(fer_slice), "--results", str(tmp_path),
                      "--storage", db, "--trials", "1", "--epochs", "1", "--min-epochs", "1"]) == 0
     best = tmp_path / "small_cnn" / "best_config.yaml"
     assert train.main(["--config", str(best), "--data", str(fer_slice), "--results", str(tmp_path / "t"),
@@ -78,10 +75,10 @@ class StopAfterSecondEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_final_training_resumes_from_its_checkpoint(fer_slice, tmp_path):
+def test_interrupted_final_training_resumes_from_its_checkpoint(small_cnn, fer_slice, tmp_path):
     from search.objective import Objective
 
-    space = load_space(SMALL_CNN).with_fixed({"batch_size": 32})
+    space = load_space(small_cnn).with_fixed({"batch_size": 32})
     data = load_fer2013(fer_slice)
     ckpt = tmp_path / "ckpt"
     with pytest.raises(KeyboardInterrupt):
@@ -116,10 +113,10 @@ def test_a_resumed_run_trains_its_later_epochs_as_an_uninterrupted_run_does(fer_
                                                                       rel=1e-5), key
 
 
-def test_a_resumed_final_training_counts_the_epochs_of_the_interrupted_run(fer_slice, tmp_path):
+def test_a_resumed_final_training_counts_the_epochs_of_the_interrupted_run(small_cnn, fer_slice, tmp_path):
     from search.objective import Objective
 
-    space = load_space(SMALL_CNN).with_fixed({"batch_size": 32})
+    space = load_space(small_cnn).with_fixed({"batch_size": 32})
     out = tmp_path / "final"
     with pytest.raises(KeyboardInterrupt):  # the first process: two epochs, then killed
         Objective(load_fer2013(fer_slice), space, log=None)(
@@ -138,7 +135,7 @@ def test_bad_config_is_a_clear_error(tmp_path, capsys):
     assert f"space file {tmp_path / 'missing.yaml'} does not exist" in capsys.readouterr().err
 
 
-def test_cosine_schedule_follows_its_curve_across_an_interruption(fer_slice, tmp_path):
+def test_cosine_schedule_follows_its_curve_across_an_interruption(small_cnn, fer_slice, tmp_path):
     class StopAfterSecondEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             if epoch == 2:
@@ -146,7 +143,7 @@ def test_cosine_schedule_follows_its_curve_across_an_interruption(fer_slice, tmp
 
     from search.objective import Objective
 
-    space = load_space(SMALL_CNN).with_fixed({"batch_size": 32, "lr_schedule": "cosine"})
+    space = load_space(small_cnn).with_fixed({"batch_size": 32, "lr_schedule": "cosine"})
     data = load_fer2013(fer_slice)
     base = space.defaults()["learning_rate"]
     ckpt = tmp_path / "ckpt"

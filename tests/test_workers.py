@@ -21,7 +21,6 @@ from search.storage import open_storage, redact
 from search.workers import thread_env
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL_CNN = str(Path(__file__).parent / "spaces" / "small_cnn.yaml")  # a narrow baseline_cnn: quick trials
 PG_URL = os.environ.get("FER_SEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 # --memory-limit 0: no fresh process between a worker's trials (tested in test_recycle.py); each costs a
 # TensorFlow import, about a minute of this file on a slow machine.
@@ -222,10 +221,10 @@ def wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, seconds: floa
 
 
 @pytest.mark.postgres
-def test_two_local_workers_share_one_study_and_the_parent_writes_the_outputs(pg_url, fer_slice, tmp_path):
+def test_two_local_workers_share_one_study_and_the_parent_writes_the_outputs(small_cnn, pg_url, fer_slice, tmp_path):
     url = with_password(pg_url)  # in the environment, as the README advises: not on any command line
     log = tmp_path / "out.txt"
-    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", small_cnn, "--data", str(fer_slice),
            "--results", str(tmp_path), "--workers", "2", "--trials", "6", "--epochs", "1", *QUICK]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=_env() | {"OPTUNA_STORAGE": url}, cwd=REPO, stdout=out,
@@ -265,9 +264,9 @@ def test_two_local_workers_share_one_study_and_the_parent_writes_the_outputs(pg_
 
 
 @pytest.mark.postgres
-def test_a_killed_worker_has_its_trial_failed_and_retried_by_the_survivor(pg_url, fer_slice, tmp_path):
+def test_a_killed_worker_has_its_trial_failed_and_retried_by_the_survivor(small_cnn, pg_url, fer_slice, tmp_path):
     log = tmp_path / "out.txt"
-    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", small_cnn, "--data", str(fer_slice),
            "--results", str(tmp_path), "--workers", "2", "--trials", "3", "--epochs", "2", "--heartbeat", "1",
            *QUICK]
     with log.open("w") as out:
@@ -296,9 +295,9 @@ def test_a_killed_worker_has_its_trial_failed_and_retried_by_the_survivor(pg_url
 
 
 @pytest.mark.postgres
-def test_a_study_started_by_one_worker_is_resumed_by_another_process(pg_url, fer_slice, tmp_path, monkeypatch,
+def test_a_study_started_by_one_worker_is_resumed_by_another_process(small_cnn, pg_url, fer_slice, tmp_path, monkeypatch,
                                                                      capsys):
-    common = ["--space", SMALL_CNN, "--data", str(fer_slice), "--epochs", "1", *QUICK]
+    common = ["--space", small_cnn, "--data", str(fer_slice), "--epochs", "1", *QUICK]
     assert run.main([*common, "--storage", pg_url, "--results", str(tmp_path / "a"), "--trials", "2"]) == 0
     first = [(t.number, t.value, t.datetime_complete) for t in
              optuna.load_study(study_name="small_cnn", storage=pg_url).trials]
@@ -328,9 +327,9 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_kerastuner_chief_and_worker_share_one_search(fer_slice, tmp_path):
+def test_kerastuner_chief_and_worker_share_one_search(small_cnn, fer_slice, tmp_path):
     oracle = f"127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--driver", "kerastuner", "--tuner",
+    cmd = [sys.executable, "-m", "search.run", "--space", small_cnn, "--driver", "kerastuner", "--tuner",
            "random", "--data", str(fer_slice), "--results", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/o.db",
            "--trials", "2", "--epochs", "1", "--min-epochs", "1", "--set", "batch_size=32", "--oracle", oracle]
     logs = {role: tmp_path / f"{role}.txt" for role in ("chief", "worker")}
@@ -371,9 +370,9 @@ def test_kerastuner_roles_are_checked_before_anything_starts(tmp_path, capsys):
     assert "KERASTUNER_ORACLE_IP" not in os.environ
 
 
-def test_ctrl_c_reaches_every_local_worker_and_the_outputs_are_still_written(fer_slice, tmp_path):
+def test_ctrl_c_reaches_every_local_worker_and_the_outputs_are_still_written(small_cnn, fer_slice, tmp_path):
     log = tmp_path / "out.txt"
-    cmd = [sys.executable, "-m", "search.run", "--space", SMALL_CNN, "--data", str(fer_slice),
+    cmd = [sys.executable, "-m", "search.run", "--space", small_cnn, "--data", str(fer_slice),
            "--results", str(tmp_path), "--storage", f"sqlite:///{tmp_path}/o.db", "--workers", "2",
            "--trials", "6", "--epochs", "4", *QUICK]
     with log.open("w") as out:
