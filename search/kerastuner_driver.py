@@ -382,9 +382,9 @@ def main(args: argparse.Namespace, space: Space) -> int:
         # a worker of a distributed search: its own project folder, so workers sharing a disk never
         # record each other's trials; the chief holds the oracle and its state
         directory = directory / "workers" / role
+    data = load_fer2013(args.data, labels=space.labels, seed=args.seed)  # before the project and the study
     project_id = open_project(directory, space, tuner_kind, args.fresh)
     study = open_kt_study(space, study_name=study_name, storage=storage, fresh=args.fresh)
-    data = load_fer2013(args.data, labels=space.labels, seed=args.seed)
 
     oracle = make_oracle(tuner_kind, space, max_trials=args.trials, seed=args.seed)
     objective = Objective(data, space, seed=args.seed, log=_log)

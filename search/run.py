@@ -166,10 +166,11 @@ def _run_optuna(args: argparse.Namespace, space, reexec_argv: list[str] | None =
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what its INFO lines say
     url = resolve_url(args.storage, args.results)
     storage = open_storage(url, heartbeat=args.heartbeat)
+    # The data before the study: a malformed file must not leave a study behind with its default point queued.
+    data = load_fer2013(args.data, labels=space.labels, seed=args.seed)
     study_name = args.study_name or space.name
     study = open_study(space, study_name=study_name, storage=storage, fresh=args.fresh,
                        sampler=make_sampler(args.sampler, args.seed), pruner=make_pruner(args.pruner, space))
-    data = load_fer2013(args.data, labels=space.labels, seed=args.seed)
     print(f"study {study_name!r} in {redact(url)}: {len(study.trials)} trials so far, {args.trials} wanted | "
           f"{space.model} on {len(data.train)} training images x{space.budget.subset:g}, "
           f"{data.num_classes} classes, up to {space.budget.epochs} epochs a trial", flush=True)

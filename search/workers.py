@@ -102,12 +102,12 @@ def launch(args: argparse.Namespace, argv: list[str], space) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = resolve_url(args.storage, args.results)
     storage = open_storage(url, heartbeat=args.heartbeat)
+    load_fer2013(args.data, labels=space.labels, seed=args.seed)  # checks the data and fills the cache once
     study_name = args.study_name or space.name
-    # Created here, before any worker starts: the default point is queued once, --fresh deletes the
-    # study once, and a study of another space is refused once.
+    # Created here, before any worker starts (and after the data is known to load): the default point
+    # is queued once, --fresh deletes the study once, and a study of another space is refused once.
     study = open_study(space, study_name=study_name, storage=storage, fresh=args.fresh,
                        sampler=make_sampler(args.sampler, args.seed), pruner=make_pruner(args.pruner, space))
-    load_fer2013(args.data, labels=space.labels, seed=args.seed)  # checks the data and fills the cache once
     cores = usable_cores()
     env = os.environ | thread_env(args.workers, cores) | {"PYTHONUNBUFFERED": "1"}
     threads = env["TF_NUM_INTRAOP_THREADS"]

@@ -158,6 +158,20 @@ def test_bad_input_is_refused_before_training(fer_slice, tmp_path, capsys):
         assert run.main(["--space", "baseline_cnn", "--results", str(locked / "r")]) == 2
 
 
+@pytest.mark.parametrize("how", [[], ["--workers", "2"], ["--driver", "kerastuner"]], ids=["run", "workers", "kt"])
+def test_a_malformed_data_file_is_refused_before_a_study_is_created(fer_slice, tmp_path, capsys, how):
+    bad = tmp_path / "bad.csv"
+    lines = fer_slice.read_text().splitlines()  # the slice is a plain CSV, header first
+    bad.write_text("\n".join([*lines[:4], "3,1 2 3,Training", *lines[4:]]) + "\n")
+    db = f"sqlite:///{tmp_path}/o.db"
+    argv = ["--space", "baseline_cnn", "--data", str(bad), "--results", str(tmp_path / "r"), "--storage", db, *how]
+    assert run.main(argv) == 2
+    assert "bad.csv, line 5: pixels has 3 values; expected 2304" in capsys.readouterr().err
+    # Nothing to undo: no study (with its default point queued) and no KerasTuner project was left behind.
+    assert optuna.get_all_study_names(storage=db) == []
+    assert not (tmp_path / "r" / "baseline_cnn-kerastuner").exists()
+
+
 def test_a_study_of_another_space_is_refused(fer_slice, tmp_path, capsys):
     db = f"sqlite:///{tmp_path}/o.db"
     base = ["--data", str(fer_slice), "--results", str(tmp_path), "--storage", db, "--study-name", "mine"]
