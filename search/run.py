@@ -222,10 +222,8 @@ def _poll(heartbeat: int) -> float | None:
 
 
 def _write_report(study, results_dir: Path, storage_label: str) -> None:
-    try:
-        from search.report import write_report
-    except ImportError:  # the leaderboard module is optional until it lands
-        return
+    from search.report import write_report
+
     path = write_report(study, results_dir, storage_label=storage_label)
     print(f"leaderboard: {path}")
 
