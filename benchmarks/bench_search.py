@@ -101,34 +101,36 @@ def summarize(storage: str, name: str, subset: float) -> dict:
     import optuna
 
     study = optuna.load_study(study_name=name, storage=storage)
+    # A failed trial that a later one retries was a killed worker's or an interrupted run's: not the
+    # search's choice, so its epochs are shown apart and left out of the arm's cost. A failed trial
+    # nothing retries (its loss went NaN, say) was the search's choice: its epochs count.
+    retried = {t.system_attrs.get("failed_trial") for t in study.trials} - {None}
     trials = []
     for t in study.trials:
         epochs = len(t.user_attrs.get("history") or [])
         trials.append({"number": t.number, "state": t.state.name, "value": t.value,
-                       "best_so_far": max(t.intermediate_values.values(), default=None),
+                       "reached": max(t.intermediate_values.values(), default=None), "retried": t.number in retried,
                        "epochs": epochs, "default_point": bool(t.user_attrs.get("default_point")),
                        "params": t.params})
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     best = max(complete, key=lambda t: t["value"]) if complete else None
-    # A failed trial is a killed worker's or an interrupted run's (it is retried), not the search's
-    # choice: its epochs are shown apart and left out of the arm's cost.
-    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
-    return {"trials": trials, "ee": sum(t["epochs"] for t in finished) * subset,
-            "epochs": sum(t["epochs"] for t in finished), "best": best["value"] if best else float("nan"),
+    counted = [t for t in trials if not t["retried"]]
+    return {"trials": trials, "ee": sum(t["epochs"] for t in counted) * subset,
+            "epochs": sum(t["epochs"] for t in counted), "best": best["value"] if best else float("nan"),
             "best_trial": best["number"] if best else None,
-            "failed_epochs": sum(t["epochs"] for t in trials if t["state"] == "FAIL")}
+            "retried_epochs": sum(t["epochs"] for t in trials if t["retried"])}
 
 
 def print_arm(arm: str, s: dict) -> None:
     wall = "reused" if s["wall"] is None else f"{s['wall'] / 60:.1f} min"
-    failed = f"; {s['failed_epochs']} more epochs in failed (retried) trials, not counted" if s["failed_epochs"] else ""
+    failed = f"; {s['retried_epochs']} more epochs in failed trials run again, not counted" if s["retried_epochs"] else ""
     print(f"{arm}: {len(s['trials'])} trials, {s['epochs']} epochs = {s['ee']:.2f} epoch-equivalents, best "
           f"{s['best']:.4f} (trial {s['best_trial']}), wall {wall}{failed}")
     for t in s["trials"]:
         value = f"{t['value']:.4f}" if t["value"] is not None else "-"
-        reached = f"{t['best_so_far']:.4f}" if t["best_so_far"] is not None else "-"
-        print(f"  trial {t['number']:>2} {t['state']:<8} epochs {t['epochs']}  value {value}  best so far {reached}"
-              f"{'  (default point)' if t['default_point'] else ''}")
+        reached = f"{t['reached']:.4f}" if t["reached"] is not None else "-"
+        print(f"  trial {t['number']:>2} {t['state']:<8} epochs {t['epochs']}  value {value}  its best epoch {reached}"
+              f"{'  (default point)' if t['default_point'] else ''}{'  (run again as a later trial)' if t['retried'] else ''}")
 
 
 if __name__ == "__main__":
