@@ -100,14 +100,16 @@ def summarize(storage: str, name: str, subset: float) -> dict:
     """Per-trial epochs, state and value, the arm's epoch-equivalents and best value."""
     import optuna
 
+    from search import records
+
     study = optuna.load_study(study_name=name, storage=storage)
-    # A failed trial that a later one retries was a killed worker's or an interrupted run's: not the
-    # search's choice, so its epochs are shown apart and left out of the arm's cost. A failed trial
-    # nothing retries (its loss went NaN, say) was the search's choice: its epochs count.
+    # A failed trial that a later one retries (a killed worker's, an interrupted run's) is trained again
+    # by its retry: its epochs are shown apart and left out of the arm's cost, or they would count twice.
+    # Every other failed trial's epochs count (its loss went NaN, say: the search chose to train it).
     retried = {t.system_attrs.get("failed_trial") for t in study.trials} - {None}
     trials = []
     for t in study.trials:
-        epochs = len(t.user_attrs.get("history") or [])
+        epochs = records.epochs_run(t)
         trials.append({"number": t.number, "state": t.state.name, "value": t.value,
                        "reached": max(t.intermediate_values.values(), default=None), "retried": t.number in retried,
                        "epochs": epochs, "default_point": bool(t.user_attrs.get("default_point")),
