@@ -69,3 +69,59 @@ def test_a_trial_that_trained_every_epoch_is_never_pruned(tmp_path):
     worse = [0.249, 0.30, 0.33, 0.36, 0.38, 0.40]
     trials = search(tmp_path, lambda s: make_pruner("halving", s), {0.25: better, 0.4: worse}, [0.25, 0.4])
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+
+class _InTurn(_Curves):
+    """A fake objective: the n-th trial trains the n-th curve."""
+
+    def __init__(self, curves: list[list[float]]):
+        self.turns = iter(curves)
+
+    def __call__(self, config, *, on_epoch, label):
+        return _Curves({config["dropout"]: next(self.turns)})(config, on_epoch=on_epoch, label=label)
+
+
+def hyperband_search(tmp_path, pruner, curves: list[list[float]]):
+    """12 epochs, rungs from epoch 2: Hyperband has two brackets, ranking at epochs 2 and 6, or 6 alone.
+    Optuna assigns trials to brackets by a hash of the study's name and the trial's number; under this
+    name trial 0 is in the first bracket and trial 1 the first in the second."""
+    space = load_space("baseline_cnn").with_settings(epochs=12, min_epochs=2)
+    tmp_path.mkdir(exist_ok=True)
+    study = open_study(space, study_name="search", storage=f"sqlite:///{tmp_path}/s.db",
+                       sampler=optuna.samplers.RandomSampler(seed=0), pruner=pruner(space))
+    run_search(study, OptunaObjective(_InTurn(curves), space), n_trials=len(curves), log=lambda line: None)
+    return study
+
+
+LEADER = [0.30, 0.36, 0.40, 0.43, 0.45, 0.47, 0.48, 0.49, 0.50, 0.51, 0.52, 0.53]  # the default point
+
+
+def behind(n: int) -> list[float]:
+    """Above chance from epoch 2, behind the leader and every earlier `behind` at every epoch: no ties."""
+    return [v - 0.01 * n for v in LEADER]
+
+
+def _plain_hyperband(space):
+    return ChancePruner(optuna.pruners.HyperbandPruner(min_resource=2, max_resource=12, reduction_factor=3),
+                        min_step=2, max_step=12)
+
+
+def test_hyperband_lets_no_trial_through_a_rung_only_for_arriving_there_first(tmp_path):
+    curves = [LEADER] + [behind(n) for n in range(1, 8)]
+    plain = hyperband_search(tmp_path / "plain", _plain_hyperband, curves)
+    pooled = hyperband_search(tmp_path / "pooled", lambda s: make_pruner("hyperband", s), curves)
+    # Optuna's Hyperband: trial 1, behind the leader at every epoch, trained all 12, promoted as the
+    # first of its bracket at its rung. Pooled: only the leader did.
+    assert [t.number for t in plain.trials if len(t.intermediate_values) == 12] == [0, 1]
+    assert [t.number for t in pooled.trials if len(t.intermediate_values) == 12] == [0]
+    # Each bracket still ranks its trials no earlier than its own first rung.
+    pruner = pooled.pruner.base
+    assert {pruner.bracket(pooled, t) for t in pooled.trials} == {0, 1}
+    for t in pooled.trials[1:]:
+        assert max(t.intermediate_values) == pruner.rung_steps(pruner.bracket(pooled, t))[0]
+
+
+def test_a_trial_ahead_of_the_study_at_its_rung_goes_on(tmp_path):
+    ahead = [v + 0.02 for v in LEADER]
+    study = hyperband_search(tmp_path, lambda s: make_pruner("hyperband", s), [LEADER, ahead, ahead, ahead])
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
