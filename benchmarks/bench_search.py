@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="default,random", help=f"comma-separated, of: {', '.join(ARMS)}")
     p.add_argument("--workdir", type=Path, help="keep the studies and outputs here (default: a temp folder)")
     p.add_argument("--extra", default="", help="more search.run flags for the default arm, e.g. '--min-epochs 2'")
-    p.add_argument("--common", default="", help="search.run flags for both arms, e.g. '--set base_filters=16'")
+    p.add_argument("--common", default="", help="search.run flags for every arm, e.g. '--set base_filters=16'")
     args = p.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         storage = f"sqlite:///{workdir.resolve()}/optuna.db"
         print(f"budget     {args.space}: {args.trials} trials, at most {args.epochs} epochs, subset {args.subset:g}, "
-              f"seed {args.seed}{'; both arms ' + args.common if args.common else ''}; studies in {storage}", flush=True)
+              f"seed {args.seed}{'; every arm ' + args.common if args.common else ''}; arms {', '.join(arms)}; "
+              f"studies in {storage}", flush=True)
         results = {}
         for arm in arms:
             flags = ARMS[arm] + args.common.split() + (args.extra.split() if arm == "default" else [])
