@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import optuna
+from optuna.pruners._successive_halving import _is_trial_promotable_to_next_rung
 from optuna.trial import TrialState
 
 from search import interrupts
@@ -128,7 +129,8 @@ class PooledHyperband(optuna.pruners.BasePruner):
                                                         reduction_factor=reduction_factor)
 
     def bracket(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int:
-        # Optuna's own assignment, a private method: tests/test_pruning.py pins what this class needs of it
+        # Optuna's own assignment, a private method (as is the promotion rule imported above):
+        # tests/test_pruning.py pins what this class needs of them
         return self.hyperband._get_bracket_id(study, trial)
 
     def rung_steps(self, bracket: int) -> list[int]:
@@ -150,18 +152,10 @@ class PooledHyperband(optuna.pruners.BasePruner):
                   if t.number != trial.number and step in t.intermediate_values]
         if sum(self.bracket(study, t) == bracket for t in others) + 1 >= self.reduction_factor:
             return False  # the bracket had enough trials at this rung to rank this one itself
-        return not in_top_share(trial.intermediate_values[step], [t.intermediate_values[step] for t in others],
-                                self.reduction_factor, study.direction)
-
-
-def in_top_share(value: float, others: list[float], reduction_factor: int,
-                 direction: optuna.study.StudyDirection) -> bool:
-    """Successive halving's promotion rule: `value` is among the best len(all) // eta of `others` and
-    itself, or the best of them all while there are fewer than eta."""
-    ranked = sorted([*others, value], reverse=direction == optuna.study.StudyDirection.MAXIMIZE)
-    kept = max(len(ranked) // reduction_factor, 1)
-    threshold = ranked[kept - 1]
-    return value >= threshold if direction == optuna.study.StudyDirection.MAXIMIZE else value <= threshold
+        value = trial.intermediate_values[step]
+        # successive halving's own rule (top len // eta, the best while fewer than eta), on the pooled values
+        return not _is_trial_promotable_to_next_rung(
+            value, [t.intermediate_values[step] for t in others] + [value], self.reduction_factor, study.direction)
 
 
 class ChancePruner(optuna.pruners.BasePruner):

@@ -5,7 +5,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.objective import TrialResult
-from search.optuna_driver import ChancePruner, OptunaObjective, make_pruner, open_study, run_search
+from search.optuna_driver import REDUCTION_FACTOR, ChancePruner, OptunaObjective, make_pruner, open_study, run_search
 from search.space import load_space
 
 CHANCE = 0.264  # majority share 0.249 + two standard errors, as on FER2013's PublicTest
@@ -102,7 +102,7 @@ def behind(n: int) -> list[float]:
 
 
 def _plain_hyperband(space):
-    return ChancePruner(optuna.pruners.HyperbandPruner(min_resource=2, max_resource=12, reduction_factor=3),
+    return ChancePruner(optuna.pruners.HyperbandPruner(min_resource=2, max_resource=12, reduction_factor=REDUCTION_FACTOR),
                         min_step=2, max_step=12)
 
 
