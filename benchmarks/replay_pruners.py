@@ -1,0 +1,101 @@
+"""Pruners side by side on the same recorded curves (target 1): what each would spend and keep.
+
+    python benchmarks/replay_pruners.py --storage sqlite:///RUN/optuna.db --study bench-random \
+        [--min-epochs 2] [--workers 2] [--draws 200]
+
+Reads a study run without pruning (bench_search.py's random arm: every trial trained to the end) and
+replays its curves through each pruner with `search.replay`: the same configurations in the same
+order, on as many simulated workers as the run had, each epoch taking the seconds it took. For each
+pruner it prints the epoch-equivalents it would have spent, the ratio to training everything, and the
+best validation accuracy among the trials it would have let finish, against the run's own best.
+
+Hyperband puts trials in brackets by a hash of the study name and the trial number, so one replay is one
+draw of that assignment. The first table uses the name the default arm of bench_search.py has
+(bench-default); the second repeats the Hyperband pruners over --draws other names and prints the spread.
+No training runs: the figures are read from the study and do not depend on the machine.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+
+import benchlib
+
+
+def pruners(space):
+    import optuna
+
+    from search.optuna_driver import REDUCTION_FACTOR, ChancePruner, make_pruner
+
+    budget = space.budget
+
+    def optuna_hyperband():
+        return optuna.pruners.HyperbandPruner(min_resource=budget.min_epochs, max_resource=budget.epochs,
+                                              reduction_factor=REDUCTION_FACTOR)
+
+    return {
+        "hyperband (the default: pooled rungs + chance rule)": lambda: make_pruner("hyperband", space),
+        "Optuna's Hyperband + chance rule": lambda: ChancePruner(optuna_hyperband(), budget.min_epochs, budget.epochs),
+        "Optuna's Hyperband alone": optuna_hyperband,
+        "successive halving + chance rule": lambda: make_pruner("halving", space),
+        "median + chance rule": lambda: make_pruner("median", space),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--storage", required=True, help="the run's storage URL, e.g. sqlite:///RUN/optuna.db")
+    p.add_argument("--study", default="bench-random", help="a study run with --pruner none (default: bench-random)")
+    p.add_argument("--min-epochs", type=int, help="no pruning before this epoch (default: the study's space's)")
+    p.add_argument("--workers", type=int, default=2, help="simulated workers (default: 2)")
+    p.add_argument("--name", default="bench-default", help="study name the first table's brackets come from")
+    p.add_argument("--draws", type=int, default=200, help="bracket assignments for the spread (default: 200)")
+    args = p.parse_args(argv)
+
+    with benchlib.Machine("replay_pruners", modules=("optuna",)):
+        import optuna
+
+        from search import records
+        from search.replay import curves_from, replay
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.load_study(study_name=args.study, storage=args.storage)
+        curves = curves_from(study)
+        space = records.study_space(study)
+        epochs = max(len(c.values) for c in curves)
+        space = space.with_settings(epochs=epochs, min_epochs=args.min_epochs or space.budget.min_epochs)
+        subset = space.budget.subset
+        baseline = replay(curves, optuna.pruners.NopPruner(), study_name=args.name, workers=args.workers,
+                          subset=subset)
+        truth = baseline.best
+        print(f"study      {args.study}: {len(curves)} trials, at most {epochs} epochs, subset {subset:g}; "
+              f"pruning from epoch {space.budget.min_epochs}; {args.workers} simulated worker(s)")
+        print(f"no pruning {baseline.epochs} epochs = {baseline.epoch_equivalents:.2f} epoch-equivalents, "
+              f"best {truth.value:.4f} (trial {truth.number})\n")
+
+        print(f"brackets as in a study named {args.name!r}:")
+        for label, make in pruners(space).items():
+            r = replay(curves, make(), study_name=args.name, workers=args.workers, subset=subset)
+            best = r.best
+            print(f"  {label}: {r.epoch_equivalents:.2f} epoch-equivalents, {baseline.epochs / r.epochs:.2f}x fewer; "
+                  f"best {best.value:.4f} (trial {best.number}), {100 * (best.value - truth.value):+.1f} points")
+            print(f"    epochs a trial: {' '.join(f'{o.number}:{o.epochs}' for o in r.outcomes)}; "
+                  f"trained to the end: {', '.join(map(str, r.full()))}")
+
+        print(f"\nover {args.draws} bracket assignments (study names draw-0 ... draw-{args.draws - 1}):")
+        for label, make in list(pruners(space).items())[:3]:
+            ratios, gaps = [], []
+            for i in range(args.draws):
+                r = replay(curves, make(), study_name=f"draw-{i}", workers=args.workers, subset=subset)
+                ratios.append(baseline.epochs / r.epochs)
+                gaps.append(100 * (r.best.value - truth.value))
+            both = sum(q >= 3 and g >= -1 for q, g in zip(ratios, gaps))
+            print(f"  {label}: ratio median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}), "
+                  f">= 3x in {sum(q >= 3 for q in ratios)}; best within 1 point in {sum(g >= -1 for g in gaps)} "
+                  f"(median gap {statistics.median(gaps):+.1f}); both in {both} of {args.draws}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
