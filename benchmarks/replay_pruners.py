@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, make in pruners(space).items():
             r = replay(curves, make(), study_name=args.name, workers=args.workers, subset=subset)
             best = r.best
-            print(f"  {label}: {r.epoch_equivalents:.2f} epoch-equivalents, {baseline.epochs / r.epochs:.2f}x fewer; "
-                  f"best {best.value:.4f} (trial {best.number}), {100 * (best.value - truth.value):+.1f} points")
+            kept = (f"best {best.value:.4f} (trial {best.number}), {100 * (best.value - truth.value):+.1f} points"
+                    if best else "no trial trained to the end")
+            print(f"  {label}: {r.epoch_equivalents:.2f} epoch-equivalents, {baseline.epochs / r.epochs:.2f}x fewer; {kept}")
             print(f"    epochs a trial: {' '.join(f'{o.number}:{o.epochs}' for o in r.outcomes)}; "
                   f"trained to the end: {', '.join(map(str, r.full()))}")
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(args.draws):
                 r = replay(curves, make(), study_name=f"draw-{i}", workers=args.workers, subset=subset)
                 ratios.append(baseline.epochs / r.epochs)
-                gaps.append(100 * (r.best.value - truth.value))
+                gaps.append(100 * (r.best.value - truth.value) if r.best else float("-inf"))
             both = sum(q >= 3 and g >= -1 for q, g in zip(ratios, gaps))
             print(f"  {label}: ratio median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}), "
                   f">= 3x in {sum(q >= 3 for q in ratios)}; best within 1 point in {sum(g >= -1 for g in gaps)} "

@@ -104,7 +104,7 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, *, study_name
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     pending = iter(curves)
     outcomes: dict[int, Outcome] = {}
-    events: list[tuple[float, int, int]] = []  # (time an epoch ends, order of issue, curve index)
+    events: list[tuple[float, int, int]] = []  # (time an epoch ends, order of issue, trial number)
     running: dict[int, tuple[Curve, optuna.Trial, int]] = {}  # curve, its trial, epochs reported
     issued = 0
 
@@ -136,10 +136,10 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, *, study_name
         value = curve.values[epoch - 1]
         trial.report(value, step=epoch)
         state = None
-        if epoch == len(curve.values):
-            state = TrialState.FAIL if curve.failed else TrialState.COMPLETE
-        elif trial.should_prune():
+        if trial.should_prune():  # asked after every epoch, the last too, as the objective does
             state = TrialState.PRUNED
+        elif epoch == len(curve.values):
+            state = TrialState.FAIL if curve.failed else TrialState.COMPLETE
         if state is None:
             heapq.heappush(events, (now + curve.seconds[epoch], issued, number))
             issued += 1

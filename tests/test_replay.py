@@ -54,5 +54,8 @@ def test_a_trial_that_failed_keeps_its_number_and_costs_its_epochs():
     assert [(o.number, o.state, o.epochs) for o in r.outcomes] == [
         (0, "COMPLETE", 12), (1, "FAIL", 0), (2, "FAIL", 2), (3, "COMPLETE", 6)]
     assert r.best.number == 0
+    # The pruner is asked after the last epoch too, as the objective asks it.
+    last = replay([Curve(0, (0.6, 0.6, 0.4), (1.0,) * 3)], optuna.pruners.ThresholdPruner(lower=0.5), study_name="s")
+    assert [(o.state, o.epochs) for o in last.outcomes] == [("PRUNED", 3)] and last.best is None
     with pytest.raises(ValueError, match="numbered 0, 1, 2"):
         replay(curves[1:], optuna.pruners.NopPruner(), study_name="s")
