@@ -60,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         from search.replay import curves_from, replay
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=args.study, storage=args.storage)
+        try:
+            study = optuna.load_study(study_name=args.study, storage=args.storage)
+        except KeyError:
+            names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(args.storage)) or "none"
+            p.error(f"no study {args.study!r} in {args.storage} (its studies: {names}); pass --study")
         curves = curves_from(study)
         space = records.study_space(study)
         epochs = max(len(c.values) for c in curves)
