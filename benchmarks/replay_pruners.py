@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import benchlib
 
 
-def pruners(space):
+def pruners(space) -> list[tuple[str, object, bool]]:
+    """(label, a function making the pruner afresh, whether it has Hyperband's brackets)."""
     import optuna
 
     from search.optuna_driver import REDUCTION_FACTOR, ChancePruner, make_pruner
@@ -34,13 +36,14 @@ def pruners(space):
         return optuna.pruners.HyperbandPruner(min_resource=budget.min_epochs, max_resource=budget.epochs,
                                               reduction_factor=REDUCTION_FACTOR)
 
-    return {
-        "hyperband (the default: pooled rungs + chance rule)": lambda: make_pruner("hyperband", space),
-        "Optuna's Hyperband + chance rule": lambda: ChancePruner(optuna_hyperband(), budget.min_epochs, budget.epochs),
-        "Optuna's Hyperband alone": optuna_hyperband,
-        "successive halving + chance rule": lambda: make_pruner("halving", space),
-        "median + chance rule": lambda: make_pruner("median", space),
-    }
+    return [
+        ("hyperband (the default: pooled rungs + chance rule)", lambda: make_pruner("hyperband", space), True),
+        ("Optuna's Hyperband + chance rule",
+         lambda: ChancePruner(optuna_hyperband(), budget.min_epochs, budget.epochs), True),
+        ("Optuna's Hyperband alone", optuna_hyperband, True),
+        ("successive halving + chance rule", lambda: make_pruner("halving", space), False),
+        ("median + chance rule", lambda: make_pruner("median", space), False),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,23 +55,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="bench-default", help="study name the first table's brackets come from")
     p.add_argument("--draws", type=int, default=200, help="bracket assignments for the spread (default: 200)")
     args = p.parse_args(argv)
+    for flag, value in (("--workers", args.workers), ("--draws", args.draws), ("--min-epochs", args.min_epochs)):
+        if value is not None and value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
 
     with benchlib.Machine("replay_pruners", modules=("optuna",)):
         import optuna
 
         from search import records
         from search.replay import curves_from, replay
+        from search.report import open_existing_study
+        from search.storage import StorageError
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         try:
-            study = optuna.load_study(study_name=args.study, storage=args.storage)
-        except KeyError:
-            names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(args.storage)) or "none"
-            p.error(f"no study {args.study!r} in {args.storage} (its studies: {names}); pass --study")
-        curves = curves_from(study)
-        space = records.study_space(study)
-        epochs = max(len(c.values) for c in curves)
-        space = space.with_settings(epochs=epochs, min_epochs=args.min_epochs or space.budget.min_epochs)
+            study, _ = open_existing_study(args.storage, args.study, Path("results"))
+            curves = curves_from(study)
+            if not any(c.values for c in curves):
+                raise ValueError(f"study {args.study!r} has no trial with a recorded epoch")
+            epochs = max(len(c.values) for c in curves)
+            space = records.study_space(study)
+            min_epochs = space.budget.min_epochs if args.min_epochs is None else args.min_epochs
+            space = space.with_settings(epochs=epochs, min_epochs=min_epochs)
+        except (ValueError, StorageError) as exc:  # UsageError is a ValueError
+            p.error(str(exc))
         subset = space.budget.subset
         baseline = replay(curves, optuna.pruners.NopPruner(), study_name=args.name, workers=args.workers,
                           subset=subset)
@@ -79,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
               f"best {truth.value:.4f} (trial {truth.number})\n")
 
         print(f"brackets as in a study named {args.name!r}:")
-        for label, make in pruners(space).items():
+        for label, make, _ in pruners(space):
             r = replay(curves, make(), study_name=args.name, workers=args.workers, subset=subset)
             best = r.best
             kept = (f"best {best.value:.4f} (trial {best.number}), {100 * (best.value - truth.value):+.1f} points"
@@ -89,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"trained to the end: {', '.join(map(str, r.full()))}")
 
         print(f"\nover {args.draws} bracket assignments (study names draw-0 ... draw-{args.draws - 1}):")
-        for label, make in list(pruners(space).items())[:3]:
+        for label, make, bracketed in pruners(space):
+            if not bracketed:
+                continue
             ratios, gaps = [], []
             for i in range(args.draws):
                 r = replay(curves, make(), study_name=f"draw-{i}", workers=args.workers, subset=subset)

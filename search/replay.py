@@ -35,7 +35,7 @@ class Outcome:
     number: int
     epochs: int
     state: str  # COMPLETE, PRUNED or FAIL
-    value: float | None  # the last value reported
+    value: float | None  # the best value reported (None: failed before its first epoch)
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Replay:
     @property
     def best(self) -> Outcome | None:
         """The best complete trial, as a search reports it (a pruned trial's value is not a result)."""
-        done = [o for o in self.outcomes if o.state == "COMPLETE" and o.value is not None]
+        done = [o for o in self.outcomes if o.state == "COMPLETE"]
         return max(done, key=lambda o: (o.value, -o.number)) if done else None
 
     def full(self) -> list[int]:
@@ -83,7 +83,7 @@ def curves_from(study: optuna.Study) -> list[Curve]:
         history = t.user_attrs.get("history") or []
         seconds = [float(row.get("seconds", 1.0)) for row in history[:len(steps)]]
         seconds += [1.0] * (len(steps) - len(seconds))  # a study recorded without epoch times: unit epochs
-        attrs = {k: v for k, v in t.user_attrs.items() if k == "chance_threshold"}
+        attrs = {"chance_threshold": t.user_attrs["chance_threshold"]} if "chance_threshold" in t.user_attrs else {}
         curves.append(Curve(t.number, tuple(t.intermediate_values[s] for s in steps), tuple(seconds), attrs,
                             failed=t.state == TrialState.FAIL))
     return curves
@@ -133,8 +133,7 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, *, study_name
         curve, trial, done = running[number]
         epoch = done + 1
         running[number] = (curve, trial, epoch)
-        value = curve.values[epoch - 1]
-        trial.report(value, step=epoch)
+        trial.report(curve.values[epoch - 1], step=epoch)
         state = None
         if trial.should_prune():  # asked after every epoch, the last too, as the objective does
             state = TrialState.PRUNED
@@ -144,8 +143,9 @@ def replay(curves: list[Curve], pruner: optuna.pruners.BasePruner, *, study_name
             heapq.heappush(events, (now + curve.seconds[epoch], issued, number))
             issued += 1
             continue
-        study.tell(trial, max(curve.values[:epoch]) if state == TrialState.COMPLETE else None, state=state)
-        outcomes[number] = Outcome(number, epoch, state.name, value)
+        best = max(curve.values[:epoch])  # what the objective returns: its best epoch
+        study.tell(trial, best if state == TrialState.COMPLETE else None, state=state)
+        outcomes[number] = Outcome(number, epoch, state.name, best)
         del running[number]
         start(now)
     return Replay([outcomes[c.number] for c in curves], subset)

@@ -7,6 +7,7 @@ from optuna.trial import TrialState
 
 from search.optuna_driver import ChancePruner, make_pruner
 from search.replay import Curve, curves_from, replay
+from search.space import load_space
 from test_pruning import CHANCE, LEADER, LEARNS, PLATEAU, behind, hyperband_search
 
 # A leader, seven trials behind it and each other, two that never leave chance: under the name
@@ -22,7 +23,8 @@ def test_a_replay_does_what_the_search_with_that_pruner_did(tmp_path):
     curves = curves_from(unpruned)
     assert [len(c.values) for c in curves] == [12] * len(CURVES)
     assert all(c.user_attrs == {"chance_threshold": CHANCE} for c in curves)
-    r = replay(curves, pruned.pruner, study_name=pruned.study_name)
+    fresh = make_pruner("hyperband", load_space("baseline_cnn").with_settings(epochs=12, min_epochs=2))
+    r = replay(curves, fresh, study_name=pruned.study_name)
     assert [(o.number, o.state, o.epochs) for o in r.outcomes] == [
         (t.number, t.state.name, len(t.intermediate_values)) for t in pruned.trials]
     assert r.epochs == sum(len(t.intermediate_values) for t in pruned.trials) < 12 * len(CURVES)
@@ -56,6 +58,6 @@ def test_a_trial_that_failed_keeps_its_number_and_costs_its_epochs():
     assert r.best.number == 0
     # The pruner is asked after the last epoch too, as the objective asks it.
     last = replay([Curve(0, (0.6, 0.6, 0.4), (1.0,) * 3)], optuna.pruners.ThresholdPruner(lower=0.5), study_name="s")
-    assert [(o.state, o.epochs) for o in last.outcomes] == [("PRUNED", 3)] and last.best is None
+    assert [(o.state, o.epochs, o.value) for o in last.outcomes] == [("PRUNED", 3, 0.6)] and last.best is None
     with pytest.raises(ValueError, match="numbered 0, 1, 2"):
         replay(curves[1:], optuna.pruners.NopPruner(), study_name="s")
