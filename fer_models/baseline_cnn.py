@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from fer_models._batchnorm import fuse_batchnorm
 from fer_models._common import (
     check_bool,
     check_float,
@@ -96,9 +97,9 @@ def build_baseline_cnn(
                 filters, 3, padding="same", activation="relu", name=f"block{block + 1}_conv{conv}"
             )(x)
             if conv_batchnorm:
-                x = layers.BatchNormalization(name=f"block{block + 1}_conv{conv}_bn")(x)
+                x = fuse_batchnorm(layers.BatchNormalization(name=f"block{block + 1}_conv{conv}_bn"))(x)
         if not conv_batchnorm:
-            x = layers.BatchNormalization(name=f"block{block + 1}_bn")(x)
+            x = fuse_batchnorm(layers.BatchNormalization(name=f"block{block + 1}_bn"))(x)
         x = layers.MaxPooling2D(2, name=f"block{block + 1}_pool")(x)
         x = layers.Dropout(dropout, name=f"block{block + 1}_dropout")(x)
     x = layers.Flatten(name="flatten")(x)

@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from fer_models._batchnorm import fuse_batchnorm
 from fer_models._common import (
     check_bool,
     check_float,
@@ -227,6 +228,8 @@ def build_resnet50_transfer(
     if weights_path is not None:
         _load_base_weights(base, weights_path)
     _set_trainable(base, unfreeze, unfreeze_batchnorm)
+    for layer in base.layers:  # the unfrozen ones train with one fused kernel (fer_models._batchnorm)
+        fuse_batchnorm(layer)
 
     inputs = keras.Input(shape=input_shape, name="pixels")
     x = layers.Resizing(input_size, input_size, name="resize")(inputs)

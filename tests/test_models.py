@@ -229,6 +229,82 @@ def test_fused_update_makes_the_shared_scalars_once(name):
     assert not few - many
 
 
+def _batchnorm_pair(shape=(None, 5, 5, 3), **kwargs):
+    """(fused, plain) BatchNormalization layers built alike, with the same non-trivial weights."""
+    from fer_models._batchnorm import fuse_batchnorm
+
+    rng = np.random.default_rng(1)
+    fused = fuse_batchnorm(keras.layers.BatchNormalization(**kwargs))
+    plain = keras.layers.BatchNormalization(**kwargs)
+    assert "call" in vars(fused) and "call" not in vars(plain)
+    for layer in (fused, plain):
+        layer.build(shape)
+    values = [rng.normal(1.0, 0.3, size=w.shape).astype("float32") for w in plain.weights]
+    values = [np.abs(v) if w.name == "moving_variance" else v for v, w in zip(values, plain.weights)]
+    for layer in (fused, plain):
+        layer.set_weights(values)
+    return fused, plain
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+@pytest.mark.parametrize("kwargs", [{}, {"center": False, "scale": False, "momentum": 0.9}], ids=["default", "bare"])
+def test_fused_batchnorm_does_keras_arithmetic(kwargs, traced):
+    # Outputs, gradients and moving statistics over three training steps, then inference, as Keras's own.
+    fused, plain = _batchnorm_pair(**kwargs)
+    batches = [tf.constant(np.random.default_rng(i).normal(2.0, 3.0, size=(8, 5, 5, 3)).astype("float32"))
+               for i in range(3)]
+    upstream = tf.constant(np.random.default_rng(9).normal(size=(8, 5, 5, 3)).astype("float32"))
+
+    def step(layer, x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * upstream)  # any gradient from above: not the sum, whose is 0 for gamma
+        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    def train(layer):
+        run = tf.function(step) if traced else step
+        return [[t.numpy() for t in run(layer, x)] for x in batches]
+
+    got, want = train(fused), train(plain)
+    for got_step, want_step in zip(got, want):
+        assert len(got_step) == len(want_step) == (4 if not kwargs else 2)
+        for a, b in zip(got_step, want_step):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(fused.weights, plain.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(plain.moving_mean.numpy(), _batchnorm_pair(**kwargs)[1].moving_mean.numpy())
+    np.testing.assert_allclose(fused(batches[0], training=False), plain(batches[0], training=False), rtol=1e-5, atol=1e-5)
+
+
+def test_fused_batchnorm_keeps_keras_call_where_it_cannot_fuse():
+    # A frozen layer and inference use the moving statistics (no update); a 2-D input keeps Keras's kernels.
+    fused, plain = _batchnorm_pair()
+    fused.trainable = plain.trainable = False
+    x = tf.constant(np.random.default_rng(0).normal(size=(4, 5, 5, 3)).astype("float32"))
+    np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy())
+    flat_fused, flat_plain = _batchnorm_pair((None, 3))
+    flat = tf.constant(np.random.default_rng(1).normal(size=(6, 3)).astype("float32"))
+    graph = tf.function(lambda v: flat_fused(v, training=True)).get_concrete_function(flat).graph
+    assert "FusedBatchNormV3" not in {op.type for op in graph.get_operations()}
+    np.testing.assert_allclose(flat_fused(flat, training=True), flat_plain(flat, training=True), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(flat_fused.moving_variance.numpy(), flat_plain.moving_variance.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("conv_batchnorm", [False, True])
+def test_the_baseline_cnn_trains_its_batchnorm_with_the_fused_kernel(conv_batchnorm):
+    # One FusedBatchNormV3 and one gradient kernel a layer in the traced step, and none of Keras's moments.
+    model = build_baseline_cnn(seed=0, base_filters=4, dense_units=16, conv_blocks=2, conv_batchnorm=conv_batchnorm)
+    x, y = tf.constant(raw_images(8)), tf.constant(raw_labels(8))
+    model.optimizer.build(model.trainable_variables)
+    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+    ops = Counter(op.type for op in graph.get_operations())
+    layers_bn = 4 if conv_batchnorm else 2
+    assert ops["FusedBatchNormV3"] == ops["FusedBatchNormGradV3"] == layers_bn
+    assert ops["SquaredDifference"] == ops["Rsqrt"] == 0
+
+
 def test_a_saved_model_loads_without_fer_models(tmp_path):
     # The fused step is bound to a plain Keras optimizer, so the file names keras's Adam, not ours.
     model = build_baseline_cnn(seed=0, base_filters=4, dense_units=16)

@@ -1,0 +1,109 @@
+"""Fused BatchNormalization against Keras's own: tracing cost per new model, graph size, steady step.
+
+    python benchmarks/bench_batchnorm.py --data PATH [--rounds 4] [--steps 60] [--conv-batchnorm both]
+
+Keras 3 writes a training-mode BatchNormalization as a dozen broadcasting ops, and their gradients as
+twice as many, which TensorFlow traces once per model and runs every step; fer_models binds
+TensorFlow's fused kernel to the same Keras layer (fer_models/_batchnorm.py). This builds the seed's
+CNN (the builder's defaults: one BatchNormalization a conv pair, or one a convolution with
+--conv-batchnorm) with the fused and with Keras's own layers, alternating round after round in one
+process, on real FER2013 batches (batch 64, flip + rotation), and prints the graph ops of the traced
+training step, the first `fit` call of one step (tracing included) and the median steady step over
+--steps steps. Ratios are Keras's time over the fused time in the same run. Prints figures; asserts
+nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+
+import benchlib
+from bench_optimizer import step_timer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    benchlib.add_data_flag(p)
+    p.add_argument("--rounds", type=int, default=4, help="fused/Keras pairs per model, order alternating (default: 4)")
+    p.add_argument("--steps", type=int, default=60, help="steady steps timed per model (default: 60)")
+    p.add_argument("--conv-batchnorm", choices=("false", "true", "both"), default="both",
+                   help="the builder's conv_batchnorm: one layer a conv pair, one a convolution, or both (default)")
+    args = p.parse_args(argv)
+    if args.rounds < 1 or args.steps < 2:
+        p.error("--rounds must be at least 1 and --steps at least 2")
+    variants = {"false": [False], "true": [True], "both": [False, True]}[args.conv_batchnorm]
+
+    with benchlib.Machine("bench_batchnorm"):
+        import keras
+
+        from search.data import Augment, load_fer2013, make_dataset
+
+        data = load_fer2013(args.data)
+        batches = make_dataset(data.train, batch_size=64, training=True, augment=Augment(flip=True, rotation=0.028),
+                               seed=0).take(args.steps + 1).cache()
+        for _ in batches:  # decode and augment once, outside every timing
+            pass
+        print(f"data       {len(data.train)} Training images; {args.steps} steady steps of batch 64 per model")
+        for conv_batchnorm in variants:
+            per_layer = "a convolution" if conv_batchnorm else "a conv pair"
+            print(f"\nconv_batchnorm={conv_batchnorm} (one BatchNormalization {per_layer})")
+            results: dict[str, dict[str, list[float]]] = {"fused": {}, "keras": {}}
+            for kind in results:
+                print(f"  traced training step, {kind}: {graph_ops(keras, kind, conv_batchnorm)} graph ops")
+            for r in range(args.rounds):
+                for kind in (("fused", "keras") if r % 2 == 0 else ("keras", "fused")):
+                    first, step = measure(keras, kind, conv_batchnorm, batches)
+                    results[kind].setdefault("first", []).append(first)
+                    results[kind].setdefault("step", []).append(step)
+                    print(f"  round {r + 1}  {kind:5s}  first fit {first:.2f} s  steady step {1000 * step:.1f} ms",
+                          flush=True)
+            fused, plain = results["fused"], results["keras"]
+            f_first, k_first = benchlib.median(fused["first"]), benchlib.median(plain["first"])
+            f_step, k_step = benchlib.median(fused["step"]), benchlib.median(plain["step"])
+            print(f"  first fit: keras {k_first:.2f} s, fused {f_first:.2f} s ({k_first / f_first:.2f}x); "
+                  f"steady step: keras {1000 * k_step:.1f} ms, fused {1000 * f_step:.1f} ms ({k_step / f_step:.2f}x); "
+                  f"medians of {args.rounds} rounds")
+    return 0
+
+
+def build(keras, kind: str, conv_batchnorm: bool):
+    """A new seed CNN whose BatchNormalization layers are fused, or Keras's own ("keras")."""
+    from fer_models.baseline_cnn import build_baseline_cnn
+
+    keras.backend.clear_session()
+    model = build_baseline_cnn(conv_batchnorm=conv_batchnorm, seed=0)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in norms:
+        if kind == "keras":
+            vars(layer).pop("call")  # the class's call again: Keras's own
+        assert ("call" in vars(layer)) == (kind == "fused")
+    return model
+
+
+def graph_ops(keras, kind: str, conv_batchnorm: bool) -> int:
+    """Operations in the traced training step of a new model (one batch's shapes)."""
+    import numpy as np
+    import tensorflow as tf
+
+    model = build(keras, kind, conv_batchnorm)
+    model.optimizer.build(model.trainable_variables)
+    x, y = tf.zeros((64, 48, 48, 1)), tf.constant(np.zeros(64, "int32"))
+    graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
+    return sum(Counter(op.type for op in graph.get_operations()).values())
+
+
+def measure(keras, kind: str, conv_batchnorm: bool, batches) -> tuple[float, float]:
+    """(seconds of the first one-step fit, median seconds of a steady step) for one new seed CNN."""
+    model = build(keras, kind, conv_batchnorm)
+    started = time.perf_counter()
+    model.fit(batches.take(1), epochs=1, shuffle=False, verbose=0)
+    first = time.perf_counter() - started
+    timer = step_timer()
+    model.fit(batches.skip(1), epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    return first, benchlib.median(timer.steps[1:])  # the first of these still pays a dataset switch
+
+
+if __name__ == "__main__":
+    sys.exit(main())
