@@ -15,8 +15,9 @@ this package (where it runs Keras's own arithmetic: tests/test_models.py checks 
 other). The moving statistics follow Keras, not the kernel: the kernel's batch variance carries
 Bessel's correction, which is taken out again before the moving average.
 
-Inference, a frozen layer, masks, renormalisation, synchronised statistics, other backends and
-anything but a channels-last 4-D input keep Keras's own `call`.
+Inference and a frozen layer (Keras normalises with the moving statistics there) run the kernel's
+inference form. Masks, renormalisation, synchronised statistics, an epsilon below the kernel's floor,
+other backends and anything but a channels-last 4-D input keep Keras's own `call`.
 """
 
 from __future__ import annotations
@@ -27,18 +28,24 @@ import keras
 
 
 def fuse_batchnorm(layer: keras.layers.BatchNormalization) -> keras.layers.BatchNormalization:
-    """Give `layer` a fused training step; return it. Other layers are returned unchanged."""
+    """Give `layer` TensorFlow's fused kernels; return it. Other layers are returned unchanged."""
     if keras.backend.backend() != "tensorflow" or type(layer) is not keras.layers.BatchNormalization:
         return layer
     keras_call = layer.call
 
     def call(self, inputs, training=None, mask=None):
-        if not (training and self.trainable) or not _fusable(self, inputs, mask):
+        if not _fusable(self, inputs, mask):
             return keras_call(inputs, training=training, mask=mask)
-        return _fused_training_call(self, inputs)
+        # Keras normalises with the batch's statistics only in training a trainable layer; a frozen one
+        # and inference use the moving statistics.
+        return _fused_call(self, inputs, training=bool(training and self.trainable))
 
     layer.call = types.MethodType(call, layer)
     return layer
+
+
+# tf.nn.fused_batch_norm raises a smaller epsilon to this (cuDNN's floor); such layers keep Keras's call.
+_KERNEL_MIN_EPSILON = 1.001e-5
 
 
 def _fusable(layer: keras.layers.BatchNormalization, inputs, mask) -> bool:
@@ -50,10 +57,11 @@ def _fusable(layer: keras.layers.BatchNormalization, inputs, mask) -> bool:
         and not layer.renorm
         and not layer.synchronized
         and inputs.shape[-1] is not None
+        and layer.epsilon >= _KERNEL_MIN_EPSILON
     )
 
 
-def _fused_training_call(layer: keras.layers.BatchNormalization, inputs):
+def _fused_call(layer: keras.layers.BatchNormalization, inputs, *, training: bool):
     import tensorflow as tf
 
     # As Keras does: the statistics in float32 whatever the policy (bfloat16 overflows), output in the layer's.
@@ -61,6 +69,13 @@ def _fused_training_call(layer: keras.layers.BatchNormalization, inputs):
     channels = x.shape[-1]
     scale = tf.cast(layer.gamma, tf.float32) if layer.scale else tf.ones([channels], tf.float32)
     offset = tf.cast(layer.beta, tf.float32) if layer.center else tf.zeros([channels], tf.float32)
+    if not training:
+        y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+            x, scale, offset, mean=tf.cast(layer.moving_mean, tf.float32),
+            variance=tf.cast(layer.moving_variance, tf.float32), epsilon=layer.epsilon, data_format="NHWC",
+            is_training=False,
+        )
+        return tf.cast(y, layer.compute_dtype)
     y, mean, corrected_variance = tf.compat.v1.nn.fused_batch_norm(
         x, scale, offset, epsilon=layer.epsilon, data_format="NHWC", is_training=True
     )

@@ -277,19 +277,37 @@ def test_fused_batchnorm_does_keras_arithmetic(kwargs, traced):
     np.testing.assert_allclose(fused(batches[0], training=False), plain(batches[0], training=False), rtol=1e-5, atol=1e-5)
 
 
-def test_fused_batchnorm_keeps_keras_call_where_it_cannot_fuse():
-    # A frozen layer and inference use the moving statistics (no update); a 2-D input keeps Keras's kernels.
+def test_a_frozen_fused_batchnorm_normalises_with_its_moving_statistics():
+    # Keras's arithmetic, the gradient to the layer below included, and no update of the statistics.
     fused, plain = _batchnorm_pair()
     fused.trainable = plain.trainable = False
     x = tf.constant(np.random.default_rng(0).normal(size=(4, 5, 5, 3)).astype("float32"))
-    np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy())
-    flat_fused, flat_plain = _batchnorm_pair((None, 3))
-    flat = tf.constant(np.random.default_rng(1).normal(size=(6, 3)).astype("float32"))
-    graph = tf.function(lambda v: flat_fused(v, training=True)).get_concrete_function(flat).graph
-    assert "FusedBatchNormV3" not in {op.type for op in graph.get_operations()}
-    np.testing.assert_allclose(flat_fused(flat, training=True), flat_plain(flat, training=True), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(flat_fused.moving_variance.numpy(), flat_plain.moving_variance.numpy(), rtol=1e-5)
+    upstream = tf.constant(np.random.default_rng(1).normal(size=(4, 5, 5, 3)).astype("float32"))
+
+    def forward_and_gradient(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * upstream)
+        return y, tape.gradient(loss, x)
+
+    graph = tf.function(lambda: fused(x, training=True)).get_concrete_function().graph
+    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+    for a, b in zip(forward_and_gradient(fused), forward_and_gradient(plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(fused.weights, plain.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_fused_batchnorm_keeps_keras_call_where_the_kernel_does_not_fit():
+    # A 2-D input and an epsilon below the kernel's floor: Keras's own ops, Keras's results.
+    for shape, kwargs in (((None, 3), {}), ((None, 5, 5, 3), {"epsilon": 1e-6})):
+        fused, plain = _batchnorm_pair(shape, **kwargs)
+        x = tf.constant(np.random.default_rng(1).normal(size=(6, *shape[1:])).astype("float32"))
+        graph = tf.function(lambda v, layer=fused: layer(v, training=True)).get_concrete_function(x).graph
+        assert "FusedBatchNormV3" not in {op.type for op in graph.get_operations()}
+        np.testing.assert_allclose(fused(x, training=True), plain(x, training=True), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("conv_batchnorm", [False, True])
