@@ -1,4 +1,4 @@
-"""Fused BatchNormalization against Keras's own: tracing cost per new model, graph size, steady step.
+"""Fused BatchNormalization against Keras's own: tracing per new model, graph size, steady step, validation.
 
     python benchmarks/bench_batchnorm.py --data PATH [--rounds 4] [--steps 60] [--conv-batchnorm both]
 
@@ -8,9 +8,9 @@ TensorFlow's fused kernel to the same Keras layer (fer_models/_batchnorm.py). Th
 CNN (the builder's defaults: one BatchNormalization a conv pair, or one a convolution with
 --conv-batchnorm) with the fused and with Keras's own layers, alternating round after round in one
 process, on real FER2013 batches (batch 64, flip + rotation), and prints the graph ops of the traced
-training step, the first `fit` call of one step (tracing included) and the median steady step over
---steps steps. Ratios are Keras's time over the fused time in the same run. Prints figures; asserts
-nothing.
+training step, the first `fit` call of one step (tracing included), the median steady step over
+--steps steps and a steady inference pass over PublicTest (batch 256, as the trials validate). Ratios
+are Keras's time over the fused time in the same run. Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         data = load_fer2013(args.data)
         batches = make_dataset(data.train, batch_size=64, training=True, augment=Augment(flip=True, rotation=0.028),
                                seed=0).take(args.steps + 1).cache()
-        for _ in batches:  # decode and augment once, outside every timing
-            pass
+        val = make_dataset(data.val, batch_size=256, training=False).cache()
+        for dataset in (batches, val):  # decode and augment once, outside every timing
+            for _ in dataset:
+                pass
         print(f"data       {len(data.train)} Training images; {args.steps} steady steps of batch 64 per model")
         for conv_batchnorm in variants:
             per_layer = "a convolution" if conv_batchnorm else "a conv pair"
@@ -54,16 +56,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  traced training step, {kind}: {graph_ops(keras, kind, conv_batchnorm)} graph ops")
             for r in range(args.rounds):
                 for kind in (("fused", "keras") if r % 2 == 0 else ("keras", "fused")):
-                    first, step = measure(keras, kind, conv_batchnorm, batches)
-                    results[kind].setdefault("first", []).append(first)
-                    results[kind].setdefault("step", []).append(step)
-                    print(f"  round {r + 1}  {kind:5s}  first fit {first:.2f} s  steady step {1000 * step:.1f} ms",
-                          flush=True)
+                    first, step, inference = measure(keras, kind, conv_batchnorm, batches, val)
+                    for name, value in (("first", first), ("step", step), ("inference", inference)):
+                        results[kind].setdefault(name, []).append(value)
+                    print(f"  round {r + 1}  {kind:5s}  first fit {first:.2f} s  steady step {1000 * step:.1f} ms  "
+                          f"validation pass {inference:.2f} s", flush=True)
             fused, plain = results["fused"], results["keras"]
             f_first, k_first = benchlib.median(fused["first"]), benchlib.median(plain["first"])
             f_step, k_step = benchlib.median(fused["step"]), benchlib.median(plain["step"])
+            f_val, k_val = benchlib.median(fused["inference"]), benchlib.median(plain["inference"])
             print(f"  first fit: keras {k_first:.2f} s, fused {f_first:.2f} s ({k_first / f_first:.2f}x); "
                   f"steady step: keras {1000 * k_step:.1f} ms, fused {1000 * f_step:.1f} ms ({k_step / f_step:.2f}x); "
+                  f"validation pass: keras {k_val:.2f} s, fused {f_val:.2f} s ({k_val / f_val:.2f}x); "
                   f"medians of {args.rounds} rounds")
     return 0
 
@@ -94,15 +98,24 @@ def graph_ops(keras, kind: str, conv_batchnorm: bool) -> int:
     return sum(Counter(op.type for op in graph.get_operations()).values())
 
 
-def measure(keras, kind: str, conv_batchnorm: bool, batches) -> tuple[float, float]:
-    """(seconds of the first one-step fit, median seconds of a steady step) for one new seed CNN."""
+def measure(keras, kind: str, conv_batchnorm: bool, batches, val) -> tuple[float, float, float]:
+    """(seconds of the first one-step fit, median seconds of a steady step, seconds of the second
+    inference pass over `val`) for one new seed CNN."""
+    import tensorflow as tf
+
     model = build(keras, kind, conv_batchnorm)
     started = time.perf_counter()
     model.fit(batches.take(1), epochs=1, shuffle=False, verbose=0)
     first = time.perf_counter() - started
     timer = step_timer()
     model.fit(batches.skip(1), epochs=1, shuffle=False, verbose=0, callbacks=[timer])
-    return first, benchlib.median(timer.steps[1:])  # the first of these still pays a dataset switch
+    forward = tf.function(lambda x: model(x, training=False))
+    for _ in range(2):  # the first pass traces
+        started = time.perf_counter()
+        for x, _ in val:
+            forward(x).numpy()
+        inference = time.perf_counter() - started
+    return first, benchlib.median(timer.steps[1:]), inference  # the first step timed still pays a dataset switch
 
 
 if __name__ == "__main__":
