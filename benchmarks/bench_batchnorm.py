@@ -1,16 +1,19 @@
 """Fused BatchNormalization against Keras's own: tracing per new model, graph size, steady step, validation.
 
-    python benchmarks/bench_batchnorm.py --data PATH [--rounds 4] [--steps 60] [--conv-batchnorm both]
+    python benchmarks/bench_batchnorm.py --data PATH [--rounds 4] [--steps 60] [--models baseline,baseline_bn,resnet]
 
 Keras 3 writes a training-mode BatchNormalization as a dozen broadcasting ops, and their gradients as
 twice as many, which TensorFlow traces once per model and runs every step; fer_models binds
-TensorFlow's fused kernel to the same Keras layer (fer_models/_batchnorm.py). This builds the seed's
-CNN (the builder's defaults: one BatchNormalization a conv pair, or one a convolution with
---conv-batchnorm) with the fused and with Keras's own layers, alternating round after round in one
-process, on real FER2013 batches (batch 64, flip + rotation), and prints the graph ops of the traced
-training step, the first `fit` call of one step (tracing included), the median steady step over
---steps steps and a steady inference pass over PublicTest (batch 256, as the trials validate). Ratios
-are Keras's time over the fused time in the same run. Prints figures; asserts nothing.
+TensorFlow's fused kernel to the same Keras layer (fer_models/_batchnorm.py). This builds each model
+with the fused and with Keras's own layers, alternating round after round in one process: `baseline`
+is the seed's CNN (the builder's defaults: one BatchNormalization a conv pair), `baseline_bn` the same
+with one a convolution (conv_batchnorm), `resnet` the resnet_unfreeze space's default point (96x96,
+conv4 and conv5 unfrozen with their BatchNormalization, SGD) from random weights, which train at the
+same speed as ImageNet's. On real FER2013 batches (batch 64, flip + rotation) it prints the graph ops
+of the traced training step, the first `fit` call of one step (tracing included), the median steady
+step over --steps steps (a third of them for the ResNet) and a steady inference pass over PublicTest
+(batch 256, as the trials validate; its first 4 batches for the ResNet). Ratios are Keras's time over the fused time in the same run.
+Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
@@ -28,12 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     benchlib.add_data_flag(p)
     p.add_argument("--rounds", type=int, default=4, help="fused/Keras pairs per model, order alternating (default: 4)")
     p.add_argument("--steps", type=int, default=60, help="steady steps timed per model (default: 60)")
-    p.add_argument("--conv-batchnorm", choices=("false", "true", "both"), default="both",
-                   help="the builder's conv_batchnorm: one layer a conv pair, one a convolution, or both (default)")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help=f"comma-separated, of: {', '.join(MODELS)} (default: all)")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.steps < 2:
-        p.error("--rounds must be at least 1 and --steps at least 2")
-    variants = {"false": [False], "true": [True], "both": [False, True]}[args.conv_batchnorm]
+    if args.rounds < 1 or args.steps < 6:
+        p.error("--rounds must be at least 1 and --steps at least 6")
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models or not set(models) <= set(MODELS):
+        p.error(f"--models takes {', '.join(MODELS)}")
 
     with benchlib.Machine("bench_batchnorm"):
         import keras
@@ -48,17 +53,18 @@ def main(argv: list[str] | None = None) -> int:
             for _ in dataset:
                 pass
         print(f"data       {len(data.train)} Training images; {args.steps} steady steps of batch 64 per model")
-        for conv_batchnorm in variants:
-            per_layer = "a convolution" if conv_batchnorm else "a conv pair"
-            print(f"\nconv_batchnorm={conv_batchnorm} (one BatchNormalization {per_layer})")
+        for name in models:
+            print(f"\n{name}: {MODELS[name][0]}")
+            steps = args.steps // 3 if name == "resnet" else args.steps
+            val_batches = 4 if name == "resnet" else -1  # all of PublicTest would take the ResNet 27 s a pass
             results: dict[str, dict[str, list[float]]] = {"fused": {}, "keras": {}}
             for kind in results:
-                print(f"  traced training step, {kind}: {graph_ops(keras, kind, conv_batchnorm)} graph ops")
+                print(f"  traced training step, {kind}: {graph_ops(keras, kind, name)} graph ops")
             for r in range(args.rounds):
                 for kind in (("fused", "keras") if r % 2 == 0 else ("keras", "fused")):
-                    first, step, inference = measure(keras, kind, conv_batchnorm, batches, val)
-                    for name, value in (("first", first), ("step", step), ("inference", inference)):
-                        results[kind].setdefault(name, []).append(value)
+                    first, step, inference = measure(keras, kind, name, batches.take(steps + 1), val.take(val_batches))
+                    for metric, value in (("first", first), ("step", step), ("inference", inference)):
+                        results[kind].setdefault(metric, []).append(value)
                     print(f"  round {r + 1}  {kind:5s}  first fit {first:.2f} s  steady step {1000 * step:.1f} ms  "
                           f"validation pass {inference:.2f} s", flush=True)
             fused, plain = results["fused"], results["keras"]
@@ -72,38 +78,54 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def build(keras, kind: str, conv_batchnorm: bool):
-    """A new seed CNN whose BatchNormalization layers are fused, or Keras's own ("keras")."""
-    from fer_models.baseline_cnn import build_baseline_cnn
+MODELS = {  # name: (what it is, builder, keyword arguments)
+    "baseline": ("the seed's CNN, one BatchNormalization a conv pair", "baseline_cnn", {}),
+    "baseline_bn": ("the seed's CNN, one BatchNormalization a convolution", "baseline_cnn", {"conv_batchnorm": True}),
+    "resnet": ("ResNet50 + head, 96x96, conv4 and conv5 unfrozen with their BatchNormalization, from random weights",
+               "resnet50_transfer", {"weights": None}),
+}
 
+
+def build(keras, kind: str, name: str):
+    """A new model whose BatchNormalization layers are fused, or Keras's own ("keras")."""
+    from fer_models import get_builder
+
+    _, builder, kwargs = MODELS[name]
     keras.backend.clear_session()
-    model = build_baseline_cnn(conv_batchnorm=conv_batchnorm, seed=0)
-    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    model = get_builder(builder)(**kwargs, seed=0)
+    norms = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)]
     for layer in norms:
-        if kind == "keras":
+        if kind == "keras" and "call" in vars(layer):
             vars(layer).pop("call")  # the class's call again: Keras's own
         assert ("call" in vars(layer)) == (kind == "fused")
     return model
 
 
-def graph_ops(keras, kind: str, conv_batchnorm: bool) -> int:
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):  # ResNet50 is one layer of the transfer model
+            yield from _all_layers(layer)
+
+
+def graph_ops(keras, kind: str, name: str) -> int:
     """Operations in the traced training step of a new model (one batch's shapes)."""
     import numpy as np
     import tensorflow as tf
 
-    model = build(keras, kind, conv_batchnorm)
+    model = build(keras, kind, name)
     model.optimizer.build(model.trainable_variables)
     x, y = tf.zeros((64, 48, 48, 1)), tf.constant(np.zeros(64, "int32"))
     graph = tf.function(model.train_step).get_concrete_function((x, y)).graph
     return sum(Counter(op.type for op in graph.get_operations()).values())
 
 
-def measure(keras, kind: str, conv_batchnorm: bool, batches, val) -> tuple[float, float, float]:
+def measure(keras, kind: str, name: str, batches, val) -> tuple[float, float, float]:
     """(seconds of the first one-step fit, median seconds of a steady step, seconds of the second
-    inference pass over `val`) for one new seed CNN."""
+    inference pass over `val`) for one new model."""
     import tensorflow as tf
 
-    model = build(keras, kind, conv_batchnorm)
+    model = build(keras, kind, name)
     started = time.perf_counter()
     model.fit(batches.take(1), epochs=1, shuffle=False, verbose=0)
     first = time.perf_counter() - started
