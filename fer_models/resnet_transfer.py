@@ -228,7 +228,7 @@ def build_resnet50_transfer(
     if weights_path is not None:
         _load_base_weights(base, weights_path)
     _set_trainable(base, unfreeze, unfreeze_batchnorm)
-    for layer in base.layers:  # the unfrozen ones train with one fused kernel (fer_models._batchnorm)
+    for layer in base.layers:  # BatchNormalization by TensorFlow's fused kernels, frozen or not (fer_models._batchnorm)
         fuse_batchnorm(layer)
 
     inputs = keras.Input(shape=input_shape, name="pixels")
