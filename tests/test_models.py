@@ -270,6 +270,7 @@ def test_fused_batchnorm_does_keras_arithmetic(kwargs, traced):
     for got_step, want_step in zip(got, want):
         assert len(got_step) == len(want_step) == (4 if not kwargs else 2)
         for a, b in zip(got_step, want_step):
+            assert np.isfinite(a).all()  # assert_allclose would take NaN for NaN
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(fused.weights, plain.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
