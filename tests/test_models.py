@@ -324,8 +324,16 @@ def test_the_baseline_cnn_trains_its_batchnorm_with_the_fused_kernel(conv_batchn
     assert ops["SquaredDifference"] == ops["Rsqrt"] == 0
 
 
+def test_every_resnet_batchnorm_is_fused():
+    model = build_resnet50_transfer(**TINY_RESNET, unfreeze="conv5", unfreeze_batchnorm=False)
+    norms = [layer for layer in model.get_layer(resnet_transfer.BASE_LAYER_NAME).layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 53 and all("call" in vars(layer) for layer in norms)
+
+
 def test_a_saved_model_loads_without_fer_models(tmp_path):
-    # The fused step is bound to a plain Keras optimizer, so the file names keras's Adam, not ours.
+    # The fused optimizer step and BatchNormalization are bound to plain Keras objects, so the file names
+    # Keras's Adam and BatchNormalization, not ours.
     model = build_baseline_cnn(seed=0, base_filters=4, dense_units=16)
     model.fit(raw_images(16), raw_labels(16), epochs=1, batch_size=8, verbose=0)
     path = tmp_path / "model.keras"
