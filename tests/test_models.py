@@ -278,6 +278,23 @@ def test_fused_batchnorm_does_keras_arithmetic(kwargs, traced):
     np.testing.assert_allclose(fused(batches[0], training=False), plain(batches[0], training=False), rtol=1e-5, atol=1e-5)
 
 
+def test_fused_batchnorm_under_mixed_bfloat16_matches_keras():
+    # bfloat16 in and out, the statistics in float32, as Keras's layer does.
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        fused, plain = _batchnorm_pair()
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    x = tf.cast(np.random.default_rng(0).normal(2.0, 3.0, size=(8, 5, 5, 3)), tf.bfloat16)
+    for training in (True, False):
+        got, want = fused(x, training=training), plain(x, training=training)
+        assert got.dtype == want.dtype == tf.bfloat16
+        np.testing.assert_allclose(tf.cast(got, tf.float32), tf.cast(want, tf.float32), atol=0.02)
+    assert fused.moving_variance.dtype == "float32"
+    for a, b in zip(fused.weights, plain.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_a_frozen_fused_batchnorm_normalises_with_its_moving_statistics():
     # Keras's arithmetic, the gradient to the layer below included, and no update of the statistics.
     fused, plain = _batchnorm_pair()
