@@ -23,7 +23,7 @@ import time
 from collections import Counter
 
 import benchlib
-from bench_optimizer import step_timer
+from bench_optimizer import first_and_steady
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,18 +126,14 @@ def measure(keras, kind: str, name: str, batches, val) -> tuple[float, float, fl
     import tensorflow as tf
 
     model = build(keras, kind, name)
-    started = time.perf_counter()
-    model.fit(batches.take(1), epochs=1, shuffle=False, verbose=0)
-    first = time.perf_counter() - started
-    timer = step_timer()
-    model.fit(batches.skip(1), epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+    first, step = first_and_steady(model, batches)
     forward = tf.function(lambda x: model(x, training=False))
     for _ in range(2):  # the first pass traces
         started = time.perf_counter()
         for x, _ in val:
             forward(x).numpy()
         inference = time.perf_counter() - started
-    return first, benchlib.median(timer.steps[1:]), inference  # the first step timed still pays a dataset switch
+    return first, step, inference
 
 
 if __name__ == "__main__":

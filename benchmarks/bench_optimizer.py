@@ -75,11 +75,16 @@ def measure(keras, optimizer: str, kind: str, batches) -> tuple[float, float]:
         model.compile(optimizer=type(model.optimizer).from_config(model.optimizer.get_config()),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     assert ("update_step" in vars(model.optimizer)) == (kind == "fused")
+    return first_and_steady(model, batches)
+
+
+def first_and_steady(model, batches) -> tuple[float, float]:
+    """(seconds of a new model's first one-step fit, median seconds of a steady step over the other batches)."""
     started = time.perf_counter()
-    model.fit(batches.take(1), epochs=1, verbose=0)
+    model.fit(batches.take(1), epochs=1, shuffle=False, verbose=0)
     first = time.perf_counter() - started
     timer = step_timer()
-    model.fit(batches.skip(1), epochs=1, verbose=0, callbacks=[timer])
+    model.fit(batches.skip(1), epochs=1, shuffle=False, verbose=0, callbacks=[timer])
     return first, benchlib.median(timer.steps[1:])  # the first of these still pays a dataset switch
 
 

@@ -32,6 +32,8 @@ def fuse_batchnorm(layer: keras.layers.BatchNormalization) -> keras.layers.Batch
     """Give `layer` TensorFlow's fused kernels; return it. Other layers are returned unchanged."""
     if keras.backend.backend() != "tensorflow" or type(layer) is not keras.layers.BatchNormalization:
         return layer
+    if "call" in vars(layer):  # fused already
+        return layer
     keras_call = layer.call
 
     def call(self, inputs, training=None, mask=None):

@@ -237,6 +237,8 @@ def _batchnorm_pair(shape=(None, 5, 5, 3), **kwargs):
     fused = fuse_batchnorm(keras.layers.BatchNormalization(**kwargs))
     plain = keras.layers.BatchNormalization(**kwargs)
     assert "call" in vars(fused) and "call" not in vars(plain)
+    call = vars(fused)["call"]
+    assert fuse_batchnorm(fused) is fused and vars(fused)["call"] is call  # fusing again changes nothing
     for layer in (fused, plain):
         layer.build(shape)
     values = [rng.normal(1.0, 0.3, size=w.shape).astype("float32") for w in plain.weights]
