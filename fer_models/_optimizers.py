@@ -14,7 +14,13 @@ seed's CNN that takes its traced training step from 1,518 graph ops to 1,113.
 `fuse` binds the fused step to a plain Keras optimizer instance rather than subclassing it, so a
 saved model records a plain `Adam` or `SGD` and loads anywhere without this package (where it runs
 Keras's own update, the same arithmetic: tests/test_models.py checks both against each other).
-Other backends, AMSGrad, plain SGD and sparse gradients keep Keras's own update.
+Other backends, AMSGrad, plain SGD and sparse gradients keep Keras's own update step.
+
+Outside a distribution strategy, `fuse` also skips Keras's all-reduce of the gradients, a sum over
+the one replica there is. TensorFlow writes that all-reduce with `tf.custom_gradient`, which in a
+graph registers a gradient function in TensorFlow's process-wide registry that is never removed and
+holds the whole traced training step, with the model's variables and the optimizer's slots: every
+trial in a process left its model behind, and Python's garbage collector walked more with each.
 """
 
 from __future__ import annotations
@@ -33,22 +39,28 @@ def fuse(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
     elif isinstance(optimizer, keras.optimizers.SGD) and optimizer.momentum > 0:
         step = _momentum_step
     else:
-        return optimizer
+        step = None
     # The scalars every variable's kernel takes, by dtype, made by the first variable's step of each update of
     # all variables and reused by the rest. Never across updates: a graph may hold several (steps_per_execution).
     shared: dict | None = None
     keras_step, keras_update_all = optimizer.update_step, optimizer._backend_update_step
 
     def update_all(self, grads, variables, learning_rate):
+        import tensorflow as tf
+
         nonlocal shared
         shared = {}
         try:
-            return keras_update_all(grads, variables, learning_rate)
+            if tf.distribute.has_strategy():  # replicas to sum over: Keras's all-reduce and per-replica update
+                return keras_update_all(grads, variables, learning_rate)
+            for gradient, variable in zip(grads, variables, strict=True):  # Keras has left out missing gradients
+                self.update_step(gradient, variable.value if isinstance(variable, keras.Variable) else variable,
+                                 learning_rate)
         finally:
             shared = None
 
     def update_step(self, gradient, variable, learning_rate):
-        if not _fusable(gradient, variable):
+        if step is None or not _fusable(gradient, variable):
             return keras_step(gradient, variable, learning_rate)
         return step(self, gradient, variable, learning_rate, {} if shared is None else shared)
 

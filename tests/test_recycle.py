@@ -41,3 +41,28 @@ def test_a_fresh_process_knows_how_much_one_trial_can_add(monkeypatch):
     assert informed.full()
     naive.trial_ended()
     assert not naive.full()
+
+
+def test_trials_in_one_process_leave_no_training_graph_behind(small_cnn, fer_slice):
+    """Each trial traces a new training step. Once its model is dropped and collected, nothing may keep
+    that graph (and the variables it captures) alive: TensorFlow's gradient registry did, one a trial."""
+    import gc
+
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    from search.data import load_fer2013
+    from search.objective import Objective
+    from search.space import load_space
+
+    space = load_space(small_cnn).with_settings(epochs=1, min_epochs=1).with_fixed({"batch_size": 32})
+    objective = Objective(load_fer2013(fer_slice), space, log=None)
+
+    def graphs_after_a_trial() -> int:
+        result = objective(space.defaults())
+        assert result.model.optimizer.iterations.numpy() > 0  # it trained
+        del result
+        gc.collect()
+        return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+
+    first = graphs_after_a_trial()
+    assert [graphs_after_a_trial() for _ in range(2)] == [first, first]
