@@ -6,6 +6,8 @@ the final training of `search.train`.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import gc
 import json
 import math
@@ -190,7 +192,8 @@ class Objective:
         train, val = self.train_split(subset), self.data.val
         pipeline, val_ds = self.datasets(config, subset)
         best = _BestEpoch(val_ds, val.y, self.data.num_classes, on_epoch=on_epoch, log=self.log, label=label,
-                          epochs=epochs, started=started, checkpoint_dir=checkpoint_dir)
+                          epochs=epochs, started=started, checkpoint_dir=checkpoint_dir,
+                          call_options=_function_call_options())
         # The schedule starts from the configuration's rate, read before a resumed run restores a decayed one.
         schedule = _schedule(training["lr_schedule"], epochs, float(model.optimizer.learning_rate))
         all_callbacks = [_NanGuard(), _StopOnCtrlC(), _FirstEpoch(pipeline), best, *schedule, *callbacks]
@@ -203,15 +206,16 @@ class Objective:
             best.resume(model)
             # after _BestEpoch, so the curve and the best weights are on disk before the epoch counts as done
             all_callbacks.append(keras.callbacks.BackupAndRestore(str(Path(checkpoint_dir) / "backup")))
-        model.fit(  # no validation_data: _BestEpoch validates, once per epoch, every metric from one pass
-            pipeline.dataset,
-            epochs=epochs,
-            steps_per_epoch=pipeline.steps_per_epoch,  # one iterator over every epoch
-            class_weight=self.data.class_weights() if training["class_weights"] else None,
-            callbacks=all_callbacks,
-            shuffle=False,  # the dataset shuffles itself, every epoch
-            verbose=0,
-        )
+        with _without_grappler():  # the training step's; _BestEpoch validates with the options in force here
+            model.fit(  # no validation_data: _BestEpoch validates, once per epoch, every metric from one pass
+                pipeline.dataset,
+                epochs=epochs,
+                steps_per_epoch=pipeline.steps_per_epoch,  # one iterator over every epoch
+                class_weight=self.data.class_weights() if training["class_weights"] else None,
+                callbacks=all_callbacks,
+                shuffle=False,  # the dataset shuffles itself, every epoch
+                verbose=0,
+            )
         if best.weights is None:
             raise TrialFailed("training stopped before the first epoch ended")
         model.set_weights(best.weights)
@@ -236,6 +240,44 @@ def _build_compiled_metrics(model, num_classes: int, *, one_hot: bool) -> None:
     y_true = y_pred if one_hot else np.zeros((1,), dtype="int32")
     model.compute_metrics(None, y_true, y_pred)
     model.reset_metrics()
+
+
+def _function_call_options():
+    """The options TensorFlow runs this thread's `tf.function` calls with (Grappler's among them)."""
+    from tensorflow.python.eager import context
+
+    return context.context().function_call_options
+
+
+@contextlib.contextmanager
+def _call_options(options):
+    """Run this thread's `tf.function` calls with `options`, then with what was in force before."""
+    from tensorflow.python.eager import context
+
+    ctx = context.context()
+    saved = ctx.function_call_options
+    ctx.function_call_options = options
+    try:
+        yield
+    finally:
+        ctx.function_call_options = saved
+
+
+def _without_grappler():
+    """This thread's `tf.function` calls, for the block, without Grappler's graph optimizations.
+
+    TensorFlow optimizes a function's graph once, when it is first called, with the options in force
+    then, and optimizes it again if it is called with others. Every trial is a new model, and Grappler
+    took about 0.12 s of the seed's CNN's first training step (0.9 s of the ResNet's) for a steady
+    step no faster (0.98-1.04x); the inference pass is 2-6% faster with it, so validation keeps it
+    (benchmarks/bench_grappler.py, docs/performance.md)."""
+    from tensorflow.core.protobuf import config_pb2
+
+    options = copy.copy(_function_call_options())
+    config = config_pb2.ConfigProto.FromString(options.config_proto_serialized)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    options.config_proto_serialized = config
+    return _call_options(options)
 
 
 def _has_gpu() -> bool:
@@ -293,8 +335,9 @@ class _BestEpoch(keras.callbacks.Callback):
     """
 
     def __init__(self, val_ds, val_y: np.ndarray, num_classes: int, *, on_epoch: EpochHook | None, log,
-                 label: str, epochs: int, started: float, checkpoint_dir: Path | None = None):
+                 label: str, epochs: int, started: float, checkpoint_dir: Path | None = None, call_options=None):
         super().__init__()
+        self.call_options = call_options  # what the validation pass runs with (None: what is in force)
         self.val_ds, self.val_y, self.num_classes = val_ds, np.asarray(val_y), num_classes
         self.on_epoch, self.log, self.label, self.epochs, self.started = on_epoch, log, label, epochs, started
         self.history: list[dict[str, float]] = []
@@ -355,7 +398,8 @@ class _BestEpoch(keras.callbacks.Callback):
 
     def validate(self) -> dict[str, float]:
         forward = self._forward()
-        probabilities = np.concatenate([forward(x).numpy() for x, _ in self.val_ds])
+        with _call_options(self.call_options) if self.call_options is not None else contextlib.nullcontext():
+            probabilities = np.concatenate([forward(x).numpy() for x, _ in self.val_ds])
         picked = probabilities[np.arange(len(self.val_y)), self.val_y].astype(np.float64)
         scores = metrics.summary(self.val_y, probabilities.argmax(axis=1), self.num_classes)
         return {
