@@ -28,8 +28,28 @@ from bench_optimizer import first_and_steady
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args, models = parse_pairs(p, argv)
+    with benchlib.Machine("bench_batchnorm"):
+        import keras
+
+        batches, val = real_batches(args.data, args.steps)
+        for name in models:
+            print(f"\n{name}: {MODELS[name][0]}")
+            for kind in ("fused", "keras"):
+                print(f"  traced training step, {kind}: {graph_ops(keras, kind, name)} graph ops")
+            (f_first, k_first), (f_step, k_step), (f_val, k_val) = alternate(
+                ("fused", "keras"), name, args, batches, val, lambda kind, b, v: measure(keras, kind, name, b, v))
+            print(f"  first fit: keras {k_first:.2f} s, fused {f_first:.2f} s ({k_first / f_first:.2f}x); "
+                  f"steady step: keras {1000 * k_step:.1f} ms, fused {1000 * f_step:.1f} ms ({k_step / f_step:.2f}x); "
+                  f"validation pass: keras {k_val:.2f} s, fused {f_val:.2f} s ({k_val / f_val:.2f}x); "
+                  f"medians of {args.rounds} rounds")
+    return 0
+
+
+def parse_pairs(p: argparse.ArgumentParser, argv: list[str] | None):
+    """(arguments, models) of a benchmark comparing two ways of training MODELS, round after round."""
     benchlib.add_data_flag(p)
-    p.add_argument("--rounds", type=int, default=4, help="fused/Keras pairs per model, order alternating (default: 4)")
+    p.add_argument("--rounds", type=int, default=4, help="pairs per model, order alternating (default: 4)")
     p.add_argument("--steps", type=int, default=60, help="steady steps timed per model (default: 60)")
     p.add_argument("--models", default=",".join(MODELS),
                    help=f"comma-separated, of: {', '.join(MODELS)} (default: all)")
@@ -39,43 +59,41 @@ def main(argv: list[str] | None = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models or not set(models) <= set(MODELS):
         p.error(f"--models takes {', '.join(MODELS)}")
+    return args, models
 
-    with benchlib.Machine("bench_batchnorm"):
-        import keras
 
-        from search.data import Augment, load_fer2013, make_dataset
+def real_batches(path, steps: int):
+    """(steps + 1 training batches of 64 with flip + rotation, PublicTest in batches of 256), both
+    decoded and augmented once, outside every timing."""
+    from search.data import Augment, load_fer2013, make_dataset
 
-        data = load_fer2013(args.data)
-        batches = make_dataset(data.train, batch_size=64, training=True, augment=Augment(flip=True, rotation=0.028),
-                               seed=0).take(args.steps + 1).cache()
-        val = make_dataset(data.val, batch_size=256, training=False).cache()
-        for dataset in (batches, val):  # decode and augment once, outside every timing
-            for _ in dataset:
-                pass
-        print(f"data       {len(data.train)} Training images; {args.steps} steady steps of batch 64 per model")
-        for name in models:
-            print(f"\n{name}: {MODELS[name][0]}")
-            steps = args.steps // 3 if name == "resnet" else args.steps
-            val_batches = 4 if name == "resnet" else -1  # all of PublicTest would take the ResNet 27 s a pass
-            results: dict[str, dict[str, list[float]]] = {"fused": {}, "keras": {}}
-            for kind in results:
-                print(f"  traced training step, {kind}: {graph_ops(keras, kind, name)} graph ops")
-            for r in range(args.rounds):
-                for kind in (("fused", "keras") if r % 2 == 0 else ("keras", "fused")):
-                    first, step, inference = measure(keras, kind, name, batches.take(steps + 1), val.take(val_batches))
-                    for metric, value in (("first", first), ("step", step), ("inference", inference)):
-                        results[kind].setdefault(metric, []).append(value)
-                    print(f"  round {r + 1}  {kind:5s}  first fit {first:.2f} s  steady step {1000 * step:.1f} ms  "
-                          f"validation pass {inference:.2f} s", flush=True)
-            fused, plain = results["fused"], results["keras"]
-            f_first, k_first = benchlib.median(fused["first"]), benchlib.median(plain["first"])
-            f_step, k_step = benchlib.median(fused["step"]), benchlib.median(plain["step"])
-            f_val, k_val = benchlib.median(fused["inference"]), benchlib.median(plain["inference"])
-            print(f"  first fit: keras {k_first:.2f} s, fused {f_first:.2f} s ({k_first / f_first:.2f}x); "
-                  f"steady step: keras {1000 * k_step:.1f} ms, fused {1000 * f_step:.1f} ms ({k_step / f_step:.2f}x); "
-                  f"validation pass: keras {k_val:.2f} s, fused {f_val:.2f} s ({k_val / f_val:.2f}x); "
-                  f"medians of {args.rounds} rounds")
-    return 0
+    data = load_fer2013(path)
+    batches = make_dataset(data.train, batch_size=64, training=True, augment=Augment(flip=True, rotation=0.028),
+                           seed=0).take(steps + 1).cache()
+    val = make_dataset(data.val, batch_size=256, training=False).cache()
+    for dataset in (batches, val):
+        for _ in dataset:
+            pass
+    print(f"data       {len(data.train)} Training images; {steps} steady steps of batch 64 per model")
+    return batches, val
+
+
+def alternate(kinds: tuple[str, str], name: str, args, batches, val, measure):
+    """Run `measure(kind, batches, val)` for both kinds, --rounds times, order alternating, printing each
+    round; return the medians ((first fit, first fit), (steady step, ...), (validation pass, ...)), the
+    two kinds in the order given. The ResNet gets a third of the steps and 4 validation batches."""
+    steps = args.steps // 3 if name == "resnet" else args.steps
+    val_batches = 4 if name == "resnet" else -1  # all of PublicTest would take the ResNet 27 s a pass
+    results: dict[str, dict[str, list[float]]] = {kind: {} for kind in kinds}
+    for r in range(args.rounds):
+        for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+            first, step, inference = measure(kind, batches.take(steps + 1), val.take(val_batches))
+            for metric, value in (("first", first), ("step", step), ("inference", inference)):
+                results[kind].setdefault(metric, []).append(value)
+            print(f"  round {r + 1}  {kind:8s}  first fit {first:.2f} s  steady step {1000 * step:.1f} ms  "
+                  f"validation pass {inference:.2f} s", flush=True)
+    return tuple(tuple(benchlib.median(results[kind][metric]) for kind in kinds)
+                 for metric in ("first", "step", "inference"))
 
 
 MODELS = {  # name: (what it is, builder, keyword arguments)

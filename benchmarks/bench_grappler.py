@@ -20,52 +20,21 @@ import sys
 import time
 
 import benchlib
-from bench_batchnorm import MODELS, build
+from bench_batchnorm import MODELS, alternate, build, parse_pairs, real_batches
 from bench_optimizer import first_and_steady
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    benchlib.add_data_flag(p)
-    p.add_argument("--rounds", type=int, default=4, help="with/without pairs per model, order alternating (default: 4)")
-    p.add_argument("--steps", type=int, default=60, help="steady steps timed per model (default: 60)")
-    p.add_argument("--models", default=",".join(MODELS),
-                   help=f"comma-separated, of: {', '.join(MODELS)} (default: all)")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or args.steps < 6:
-        p.error("--rounds must be at least 1 and --steps at least 6")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not models or not set(models) <= set(MODELS):
-        p.error(f"--models takes {', '.join(MODELS)}")
-
+    args, models = parse_pairs(p, argv)
     with benchlib.Machine("bench_grappler"):
         import keras
 
-        from search.data import Augment, load_fer2013, make_dataset
-
-        data = load_fer2013(args.data)
-        batches = make_dataset(data.train, batch_size=64, training=True, augment=Augment(flip=True, rotation=0.028),
-                               seed=0).take(args.steps + 1).cache()
-        val = make_dataset(data.val, batch_size=256, training=False).cache()
-        for dataset in (batches, val):  # decode and augment once, outside every timing
-            for _ in dataset:
-                pass
-        print(f"data       {len(data.train)} Training images; {args.steps} steady steps of batch 64 per model")
+        batches, val = real_batches(args.data, args.steps)
         for name in models:
             print(f"\n{name}: {MODELS[name][0]}")
-            steps = args.steps // 3 if name == "resnet" else args.steps
-            val_batches = 4 if name == "resnet" else -1
-            results: dict[str, dict[str, list[float]]] = {"grappler": {}, "without": {}}
-            for r in range(args.rounds):
-                for kind in (("grappler", "without") if r % 2 == 0 else ("without", "grappler")):
-                    first, step, inference = measure(keras, kind, name, batches.take(steps + 1), val.take(val_batches))
-                    for metric, value in (("first", first), ("step", step), ("inference", inference)):
-                        results[kind].setdefault(metric, []).append(value)
-                    print(f"  round {r + 1}  {kind:8s}  first fit {first:.2f} s  steady step {1000 * step:.1f} ms  "
-                          f"validation pass {inference:.2f} s", flush=True)
-            on, off = results["grappler"], results["without"]
-            medians = {metric: (benchlib.median(on[metric]), benchlib.median(off[metric])) for metric in on}
-            (g_first, w_first), (g_step, w_step), (g_val, w_val) = medians["first"], medians["step"], medians["inference"]
+            (g_first, w_first), (g_step, w_step), (g_val, w_val) = alternate(
+                ("grappler", "without"), name, args, batches, val, lambda kind, b, v: measure(keras, kind, name, b, v))
             print(f"  first fit: Grappler {g_first:.2f} s, without {w_first:.2f} s ({g_first / w_first:.2f}x); "
                   f"steady step: Grappler {1000 * g_step:.1f} ms, without {1000 * w_step:.1f} ms ({g_step / w_step:.2f}x); "
                   f"validation pass: Grappler {g_val:.2f} s, without {w_val:.2f} s ({g_val / w_val:.2f}x); "

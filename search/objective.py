@@ -251,9 +251,13 @@ def _function_call_options():
 
 @contextlib.contextmanager
 def _call_options(options):
-    """Run this thread's `tf.function` calls with `options`, then with what was in force before."""
+    """Run this thread's `tf.function` calls with `options` (None: as they are), then with what was in
+    force before."""
     from tensorflow.python.eager import context
 
+    if options is None:
+        yield
+        return
     ctx = context.context()
     saved = ctx.function_call_options
     ctx.function_call_options = options
@@ -398,7 +402,7 @@ class _BestEpoch(keras.callbacks.Callback):
 
     def validate(self) -> dict[str, float]:
         forward = self._forward()
-        with _call_options(self.call_options) if self.call_options is not None else contextlib.nullcontext():
+        with _call_options(self.call_options):
             probabilities = np.concatenate([forward(x).numpy() for x, _ in self.val_ds])
         picked = probabilities[np.arange(len(self.val_y)), self.val_y].astype(np.float64)
         scores = metrics.summary(self.val_y, probabilities.argmax(axis=1), self.num_classes)
