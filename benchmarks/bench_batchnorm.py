@@ -37,12 +37,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{name}: {MODELS[name][0]}")
             for kind in ("fused", "keras"):
                 print(f"  traced training step, {kind}: {graph_ops(keras, kind, name)} graph ops")
-            (f_first, k_first), (f_step, k_step), (f_val, k_val) = alternate(
-                ("fused", "keras"), name, args, batches, val, lambda kind, b, v: measure(keras, kind, name, b, v))
-            print(f"  first fit: keras {k_first:.2f} s, fused {f_first:.2f} s ({k_first / f_first:.2f}x); "
-                  f"steady step: keras {1000 * k_step:.1f} ms, fused {1000 * f_step:.1f} ms ({k_step / f_step:.2f}x); "
-                  f"validation pass: keras {k_val:.2f} s, fused {f_val:.2f} s ({k_val / f_val:.2f}x); "
-                  f"medians of {args.rounds} rounds")
+            medians = alternate(("keras", "fused"), name, args, batches, val,
+                                lambda kind, b, v: measure(keras, kind, name, b, v))
+            print_ratios(("keras", "fused"), medians, args.rounds)
     return 0
 
 
@@ -139,11 +136,15 @@ def graph_ops(keras, kind: str, name: str) -> int:
 
 
 def measure(keras, kind: str, name: str, batches, val) -> tuple[float, float, float]:
+    """`time_model` of a new model with the fused or Keras's BatchNormalization."""
+    return time_model(build(keras, kind, name), batches, val)
+
+
+def time_model(model, batches, val) -> tuple[float, float, float]:
     """(seconds of the first one-step fit, median seconds of a steady step, seconds of the second
-    inference pass over `val`) for one new model."""
+    inference pass over `val`) for a new model."""
     import tensorflow as tf
 
-    model = build(keras, kind, name)
     first, step = first_and_steady(model, batches)
     forward = tf.function(lambda x: model(x, training=False))
     for _ in range(2):  # the first pass traces
@@ -152,6 +153,15 @@ def measure(keras, kind: str, name: str, batches, val) -> tuple[float, float, fl
             forward(x).numpy()
         inference = time.perf_counter() - started
     return first, step, inference
+
+
+def print_ratios(labels: tuple[str, str], medians, rounds: int) -> None:
+    """One line: each metric of `alternate`'s medians for both kinds, and the first's time over the second's."""
+    parts = []
+    for metric, (a, b) in zip(("first fit", "steady step", "validation pass"), medians):
+        shown = [f"{1000 * t:.1f} ms" if metric == "steady step" else f"{t:.2f} s" for t in (a, b)]
+        parts.append(f"{metric}: {labels[0]} {shown[0]}, {labels[1]} {shown[1]} ({a / b:.2f}x)")
+    print(f"  {'; '.join(parts)}; medians of {rounds} rounds")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 
 import benchlib
-from bench_batchnorm import MODELS, alternate, build, parse_pairs, real_batches
-from bench_optimizer import first_and_steady
+from bench_batchnorm import MODELS, alternate, build, parse_pairs, print_ratios, real_batches, time_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,32 +31,18 @@ def main(argv: list[str] | None = None) -> int:
         batches, val = real_batches(args.data, args.steps)
         for name in models:
             print(f"\n{name}: {MODELS[name][0]}")
-            (g_first, w_first), (g_step, w_step), (g_val, w_val) = alternate(
-                ("grappler", "without"), name, args, batches, val, lambda kind, b, v: measure(keras, kind, name, b, v))
-            print(f"  first fit: Grappler {g_first:.2f} s, without {w_first:.2f} s ({g_first / w_first:.2f}x); "
-                  f"steady step: Grappler {1000 * g_step:.1f} ms, without {1000 * w_step:.1f} ms ({g_step / w_step:.2f}x); "
-                  f"validation pass: Grappler {g_val:.2f} s, without {w_val:.2f} s ({g_val / w_val:.2f}x); "
-                  f"medians of {args.rounds} rounds")
+            medians = alternate(("grappler", "without"), name, args, batches, val,
+                                lambda kind, b, v: measure(keras, kind, name, b, v))
+            print_ratios(("Grappler", "without"), medians, args.rounds)
     return 0
 
 
 def measure(keras, kind: str, name: str, batches, val) -> tuple[float, float, float]:
-    """(seconds of the first one-step fit, median seconds of a steady step, seconds of the second
-    inference pass over `val`) for one new model, every call with Grappler or without it."""
-    import tensorflow as tf
-
+    """`time_model` of a new model (as trials build it), every call with Grappler or without it."""
     from search.objective import _without_grappler
 
-    model = build(keras, "fused", name)  # the models as trials build them
     with _without_grappler() if kind == "without" else contextlib.nullcontext():
-        first, step = first_and_steady(model, batches)
-        forward = tf.function(lambda x: model(x, training=False))
-        for _ in range(2):  # the first pass traces
-            started = time.perf_counter()
-            for x, _ in val:
-                forward(x).numpy()
-            inference = time.perf_counter() - started
-    return first, step, inference
+        return time_model(build(keras, "fused", name), batches, val)
 
 
 if __name__ == "__main__":
