@@ -1,10 +1,11 @@
 """Resident memory across many trials (target 4): inside one Python process, and through the command line.
 
-    python benchmarks/bench_memory.py --data PATH [--trials 20] [--epochs 1] [--subset 0.02]
+    python benchmarks/bench_memory.py --data PATH [--trials 20] [--epochs 1] [--subset 0.02] [--malloc default]
 
 Part 1 runs a random search (no pruning) of tiny trials in this process through `OptunaObjective`
 over `Objective`, so every trial builds a different model, and reads VmRSS from /proc/self/status
-after each: what TensorFlow keeps of every model. Part 2 runs the same search as `python -m
+after each, once the trial's memory is collected and handed back as search.run does: what stays of
+every model. malloc's arenas are capped first as search.run does, unless --malloc default. Part 2 runs the same search as `python -m
 search.run` (which goes on in a fresh process, same PID, once memory grows past --memory-limit)
 and samples the child's VmRSS from /proc/PID/status while it runs. Prints figures; asserts nothing.
 """
@@ -31,8 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--subset", type=float, default=0.02)
     p.add_argument("--parts", default="1,2", help="1: in this process, 2: through search.run (default: both)")
+    p.add_argument("--malloc", choices=("capped", "default"), default="capped", help="part 1: cap malloc's "
+                   "arenas first as search.run does (capped, the default), or leave glibc's default")
     args = p.parse_args(argv)
     parts = {s.strip() for s in args.parts.split(",")}
+    if args.malloc == "capped":
+        from search.memory import ARENAS, cap_malloc_arenas
+
+        print(f"malloc     arenas capped at {ARENAS}: {cap_malloc_arenas()} (before TensorFlow is imported)")
 
     with benchlib.Machine("bench_memory"), tempfile.TemporaryDirectory(prefix="fer-bench-memory-") as tmp:
         if "1" in parts:
@@ -47,6 +54,7 @@ def in_process(args, tmp: Path) -> None:
     import optuna
 
     from search.data import load_fer2013
+    from search.memory import return_freed_memory
     from search.objective import Objective
     from search.optuna_driver import OptunaObjective
     from search.space import load_space
@@ -64,6 +72,7 @@ def in_process(args, tmp: Path) -> None:
     rss = []
     for i in range(args.trials):
         study.optimize(objective, n_trials=1)
+        return_freed_memory()  # as search.run does before it reads memory after a trial
         rss.append(benchlib.rss_mb())
         t = study.trials[-1]
         print(f"  trial {i + 1:>2} {t.state.name:<8} base_filters {t.params.get('base_filters')!s:>3} dense_units "
@@ -71,7 +80,7 @@ def in_process(args, tmp: Path) -> None:
     slope = np.polyfit(np.arange(2, len(rss) + 1), rss[1:], 1)[0] if len(rss) > 2 else float("nan")
     print(f"[4] in one Python process: {rss[0] - before:+.0f} MiB in the first trial (TensorFlow's one-time "
           f"set-up), then {rss[-1] - rss[0]:+.0f} MiB from trial 1 to trial {args.trials} ({slope:+.1f} MiB a trial, "
-          f"fitted): what TensorFlow keeps of every model, clear_session or not")
+          f"fitted), malloc {args.malloc}")
 
 
 def through_cli(args, tmp: Path) -> None:
@@ -104,7 +113,7 @@ def through_cli(args, tmp: Path) -> None:
 
 
 def _sample(proc: subprocess.Popen, samples: list[float]) -> None:
-    from search.optuna_driver import resident_mb
+    from search.memory import resident_mb
 
     while proc.poll() is None:
         rss = resident_mb(proc.pid)

@@ -55,7 +55,7 @@ def load_average() -> str:
 
 def rss_mb() -> float:
     """Resident memory of this process in MiB, from /proc/self/status (VmRSS)."""
-    from search.optuna_driver import resident_mb
+    from search.memory import resident_mb
 
     rss = resident_mb()
     if rss is None:

@@ -23,6 +23,7 @@ import numpy as np
 from search import interrupts, metrics
 from search.data import Augment, FERData, Split, make_dataset
 from search.data.pipeline import TrainingPipeline
+from search.memory import return_freed_memory
 from search.space import LR_SCHEDULES, TRAINING_DEFAULTS, Space
 
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -123,7 +124,8 @@ class Objective:
 
     def build(self, config: dict[str, Any]):
         """A compiled model for `config`, in a fresh Keras session, under the objective's precision."""
-        keras.backend.clear_session()  # memory grows across in-process trials without it
+        keras.backend.clear_session()  # memory grows across in-process trials without it (and collects)
+        return_freed_memory(collect=False)
         keras.utils.set_random_seed(self.seed)
         model_kwargs, _ = split_config(config, self.builder_params)
         # Layers take the global policy when they are built; restore it so nothing else in the

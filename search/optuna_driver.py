@@ -18,6 +18,7 @@ from optuna.pruners._successive_halving import _is_trial_promotable_to_next_rung
 from optuna.trial import TrialState
 
 from search import interrupts
+from search.memory import resident_mb, return_freed_memory
 from search.optuna_sampling import enqueue_params, suggest
 from search.space import Space
 
@@ -330,10 +331,9 @@ def run_search(
     With `memory_limit_mb`, it also stops (`recycle` set) before a trial that would take this
     process's resident memory more than that above where it was after its first trial (judging by
     the largest growth a trial has shown so far, `prior_memory_step_mb` carrying it over from the
-    processes before this one): TensorFlow keeps part of every model it has
-    trained (33 MB a trial on average here, up to 184 MB for one, whatever `clear_session` does;
-    docs/performance.md), and only
-    a fresh process gives it back. The caller then continues the study in one.
+    processes before this one). Each trial's model is collected and its memory handed back before
+    the reading (`search.memory`); what still grows (memory fragmented past trimming, a library's
+    caches) only a fresh process gives back. The caller then continues the study in one.
     """
     deadline = time.monotonic() + timeout if timeout else None
     summary, failures, waiting = SearchSummary(), 0, False
@@ -405,7 +405,10 @@ class _MemoryWatch:
         return 0.0 if self.baseline is None else self.last - self.baseline
 
     def trial_ended(self) -> None:
-        rss = resident_mb() if self.limit is not None else None
+        if self.limit is None:
+            return
+        return_freed_memory()  # the trial's model, collected and handed back: what is left is what stays
+        rss = resident_mb()
         if rss is None:
             return
         if self.baseline is None:
@@ -416,19 +419,6 @@ class _MemoryWatch:
 
     def full(self) -> bool:
         return self.baseline is not None and self.grown + self.step > self.limit
-
-
-def resident_mb(pid: int | str = "self") -> float | None:
-    """Resident memory (VmRSS) in MB of this process, or of process `pid`; None where /proc is missing
-    or the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
 
 
 def _within_budget(objective: Callable[[optuna.Trial], float], n_trials: int | None) -> Callable[[optuna.Trial], float]:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from search import memory
 from search.cli import UsageError, add_data_flags, check_writable, fail, parse_overrides, quiet_tensorflow
 
 DRIVERS = ("optuna", "kerastuner")
@@ -105,6 +106,7 @@ def configure_space(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
+    memory.cap_malloc_arenas()  # before TensorFlow starts its threads (search/memory.py)
     if args.list:
         print(list_spaces_text())
         return 0
