@@ -7,11 +7,14 @@ over `Objective`, so every trial builds a different model, and reads VmRSS from 
 after each, once the trial's memory is collected and handed back as search.run does: what stays of
 every model. malloc's arenas are capped first as search.run does, unless --malloc default. Part 2 runs the same search as `python -m
 search.run` (which goes on in a fresh process, same PID, once memory grows past --memory-limit)
-and samples the child's VmRSS from /proc/PID/status while it runs. Prints figures; asserts nothing.
+and samples the child's VmRSS from /proc/PID/status while it runs. Part 3 (`--parts 3`) times steady
+training epochs in fresh processes with malloc's arenas capped and not, alternating: what the cap
+costs in speed. Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -31,12 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=20)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--subset", type=float, default=0.02)
-    p.add_argument("--parts", default="1,2", help="1: in this process, 2: through search.run (default: both)")
+    p.add_argument("--parts", default="1,2", help="1: in this process, 2: through search.run, 3: training "
+                   "speed with malloc's arenas capped and not (default: 1,2)")
     p.add_argument("--malloc", choices=("capped", "default"), default="capped", help="part 1: cap malloc's "
                    "arenas first as search.run does (capped, the default), or leave glibc's default")
+    p.add_argument("--speed-rounds", type=int, default=2, help="part 3: capped/default process pairs (default: 2)")
+    p.add_argument("--speed-child", choices=("capped", "default"), help=argparse.SUPPRESS)  # one process of part 3
     args = p.parse_args(argv)
     parts = {s.strip() for s in args.parts.split(",")}
-    if args.malloc == "capped":
+    if args.speed_child:
+        return speed_child(args)
+    if args.malloc == "capped" and "1" in parts:
         from search.memory import ARENAS, cap_malloc_arenas
 
         print(f"malloc     arenas capped at {ARENAS}: {cap_malloc_arenas()} (before TensorFlow is imported)")
@@ -46,6 +54,52 @@ def main(argv: list[str] | None = None) -> int:
             in_process(args, Path(tmp))
         if "2" in parts:
             through_cli(args, Path(tmp))
+        if "3" in parts:
+            speed(args)
+    return 0
+
+
+def speed(args) -> None:
+    """Steady training epochs of the default point in fresh processes, malloc's arenas capped (as
+    search.run) and not, in alternating order: whether the cap costs training speed."""
+    epochs = {"capped": [], "default": []}
+    print(f"\npart 3     the default point, {SPEED_EPOCHS} epochs on {SPEED_SUBSET:g} of Training in a fresh process "
+          f"each, arenas capped and not, alternating", flush=True)
+    for r in range(args.speed_rounds):
+        for kind in (("capped", "default") if r % 2 == 0 else ("default", "capped")):
+            command = [sys.executable, __file__, "--speed-child", kind, "--space", args.space]
+            if args.data:
+                command += ["--data", args.data]
+            out = subprocess.run(command, cwd=benchlib.REPO, capture_output=True, text=True, check=True)
+            seconds, rss = json.loads(out.stdout.strip().splitlines()[-1])
+            epochs[kind] += seconds
+            print(f"  round {r + 1} {kind:<7} steady training epochs {', '.join(f'{s:.2f}' for s in seconds)} s, "
+                  f"{rss:.0f} MiB after", flush=True)
+    capped, default = benchlib.median(epochs["capped"]), benchlib.median(epochs["default"])
+    print(f"[4] malloc's arenas capped: a steady training epoch {capped:.2f} s against {default:.2f} s uncapped "
+          f"(medians): {default / capped:.3f}x the speed (fastest: {min(epochs['default']) / min(epochs['capped']):.3f}x)")
+
+
+SPEED_EPOCHS, SPEED_SUBSET = 4, 0.25
+
+
+def speed_child(args) -> int:
+    if args.speed_child == "capped":
+        from search.memory import cap_malloc_arenas
+
+        assert cap_malloc_arenas()
+    from search.cli import quiet_tensorflow
+
+    quiet_tensorflow()
+    from search.data import load_fer2013
+    from search.objective import Objective
+    from search.space import load_space
+
+    space = load_space(args.space).with_settings(epochs=SPEED_EPOCHS, min_epochs=1, subset=SPEED_SUBSET)
+    objective = Objective(load_fer2013(args.data, labels=space.labels), space, log=None)
+    timer = benchlib.epoch_timer(per_batch=True)
+    objective(space.defaults(), callbacks=[timer])
+    print(json.dumps([timer.train_seconds[1:], benchlib.rss_mb()]))
     return 0
 
 
@@ -95,21 +149,26 @@ def through_cli(args, tmp: Path) -> None:
     samples: list[float] = []
     sampler = threading.Thread(target=_sample, args=(proc, samples), daemon=True)
     sampler.start()
-    after_trial, restarts = [], 0
+    after_trial, marks, restarts = [], [], 0
     for line in proc.stdout:
         if re.match(r"trial \d+ (complete|pruned|failed)", line):
             after_trial.append(samples[-1] if samples else float("nan"))
+            marks.append(len(samples))
             print(f"  {line.rstrip()[:60]:<60} rss {after_trial[-1]:7.1f} MiB", flush=True)
         elif "fresh process" in line:
             restarts += 1
             print(f"  {line.rstrip()}", flush=True)
     proc.wait()
     sampler.join()
-    first, peak = after_trial[0], max(samples)
-    print(f"[4] through search.run (--memory-limit 100, the default): after trial 1 {first:.0f} MiB, peak "
-          f"{peak:.0f} MiB over {len(after_trial)} trials ({peak - first:+.0f} MiB), after the last "
-          f"{after_trial[-1]:.0f} MiB ({after_trial[-1] - first:+.0f} MiB); {restarts} fresh process(es); exit code "
-          f"{proc.returncode} (target <= 100 MB growth)")
+    # After its line, a trial's model is collected and its memory handed back, then the next trial
+    # builds: the lowest reading until the next line is what stays once a trial is over.
+    floors = [min(samples[a:b], default=float("nan")) for a, b in zip(marks, [*marks[1:], len(samples)])]
+    first, peak = floors[0], max(samples)
+    print(f"  lowest between trials: {', '.join(f'{f:.0f}' for f in floors)} MiB")
+    print(f"[4] through search.run (--memory-limit 100, the default): between trials {first:.0f} MiB after trial 1, "
+          f"{floors[-1]:.0f} after the last ({floors[-1] - first:+.0f} MiB), highest {max(floors):.0f} "
+          f"({max(floors) - first:+.0f} MiB); peak while training {peak:.0f} MiB; {restarts} fresh process(es); "
+          f"exit code {proc.returncode} (target <= 100 MB growth)")
 
 
 def _sample(proc: subprocess.Popen, samples: list[float]) -> None:
@@ -119,7 +178,7 @@ def _sample(proc: subprocess.Popen, samples: list[float]) -> None:
         rss = resident_mb(proc.pid)
         if rss is not None:
             samples.append(rss)
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

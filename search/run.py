@@ -52,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=int, default=30, metavar="SECONDS", help="trial heartbeat; a trial "
                    "silent for 3 heartbeats (a dead worker) is marked failed and retried (default: 30)")
     p.add_argument("--memory-limit", type=float, default=100, metavar="MB", help="go on in a fresh process "
-                   "(same command, same PID) once memory has grown this much over the trials, as TensorFlow keeps "
-                   "part of every model it trains; 0: never (default: 100)")
+                   "(same command, same PID) before memory could grow this much over the trials (each trial's "
+                   "memory is handed back, but not always all of it); 0: never (default: 100)")
     p.add_argument("--precision", choices=PRECISIONS, default="float32", help="Keras dtype policy trials train "
                    "under: mixed_bfloat16 for CPUs with AVX512_BF16 or AMX, mixed_float16 for GPUs (default: float32)")
     p.add_argument("--jit", choices=("auto", "on", "off"), default="auto", help="XLA-compile the training step; "

@@ -12,15 +12,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_search_over_its_memory_limit_continues_in_a_fresh_process(small_cnn, fer_slice, tmp_path):
+    """Trials hand their memory back, so real growth between two small trials may be none at all: the
+    search's processes read a resident memory that grows 10 MB a trial (a sitecustomize replaces the
+    reading); the exec into a fresh process and the resumed study are real."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import itertools\nimport search.memory\n_mb = itertools.count(1000, 10)\n"
+        "search.memory.resident_mb = lambda pid='self': float(next(_mb))\n")
     db = f"sqlite:///{tmp_path}/optuna.db"
     command = [sys.executable, "-m", "search.run", "--space", small_cnn, "--data", str(fer_slice),
                "--results", str(tmp_path), "--storage", db, "--trials", "3", "--epochs", "1", "--min-epochs", "1",
                "--set", "batch_size=32", "--sampler", "random", "--pruner", "none", "--fresh", "--timeout", "600",
-               "--memory-limit", "0.001"]  # any growth at all: a fresh process after every trial but the first
+               "--memory-limit", "15"]  # 10 MB after trial 1, and one trial adds 10: past 15 before trial 2
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=os.environ | {"PYTHONPATH": str(REPO)})
+                          env=os.environ | {"PYTHONPATH": f"{hook}{os.pathsep}{REPO}"})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert done.stdout.count("going on in a fresh process") == 1  # before trial 2; trial 2 ends the budget
+    assert "resident memory grew 10 MB since this process's first trial, and one trial has added up to 10 MB" \
+        in done.stdout
     assert done.stdout.count("study 'small_cnn' in") == 2  # the fresh process resumed the same study...
     study = optuna.load_study(study_name="small_cnn", storage=db)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3  # ...without --fresh deleting it
