@@ -4,7 +4,7 @@ TensorFlow allocates through the C library's malloc from many threads. glibc giv
 contend their own arenas (up to 8 per core), and keeps what is freed in them for reuse: after a
 trial's model is dropped and collected, its memory is free but stays resident, scattered over
 arenas, and each new model lands partly elsewhere. Over 20 small trials in one process that read
-+257 MiB; capping the arenas at two and trimming them after each trial, +11 MiB
++257 MiB; trimming the arenas after each trial, +82 MiB; capping them at two as well, +8 MiB
 (benchmarks/bench_memory.py, docs/performance.md). Elsewhere than glibc both are no-ops.
 """
 from __future__ import annotations
@@ -32,7 +32,8 @@ def _glibc() -> ctypes.CDLL | None:
 def cap_malloc_arenas(arenas: int = ARENAS) -> bool:
     """Let malloc make at most `arenas` arenas from now on; True if it took. Call it before TensorFlow
     is imported (its thread pools make the arenas): the command-line tools do, first thing. Threads
-    then share arenas, which on two cores measured no slower a training epoch."""
+    then share arenas: on two cores a training epoch measured the same within noise (0.98x by
+    medians, 1.01x by the fastest epochs; bench_memory.py --parts 3)."""
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
 
