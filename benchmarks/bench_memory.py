@@ -5,9 +5,9 @@
 Part 1 runs a random search (no pruning) of tiny trials in this process through `OptunaObjective`
 over `Objective`, so every trial builds a different model, and reads VmRSS from /proc/self/status
 after each, once the trial's memory is collected and handed back as search.run does: what stays of
-every model. malloc's arenas are capped first as search.run does, unless --malloc default. Part 2 runs the same search as `python -m
-search.run` (which goes on in a fresh process, same PID, once memory grows past --memory-limit)
-and samples the child's VmRSS from /proc/PID/status while it runs. Part 3 (`--parts 3`) times steady
+every model. malloc's arenas are capped first, as search.run does, unless --malloc default. Part 2
+runs the same search as `python -m search.run` (which goes on in a fresh process, same PID, once
+memory grows past --memory-limit) and samples the child's VmRSS from /proc/PID/status while it runs. Part 3 (`--parts 3`) times steady
 training epochs in fresh processes with malloc's arenas capped and not, alternating: what the cap
 costs in speed. Prints figures; asserts nothing.
 """
@@ -26,6 +26,8 @@ from pathlib import Path
 
 import benchlib
 
+SPEED_EPOCHS, SPEED_SUBSET = 4, 0.25  # part 3: each process trains the default point this long
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -42,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed-child", choices=("capped", "default"), help=argparse.SUPPRESS)  # one process of part 3
     args = p.parse_args(argv)
     parts = {s.strip() for s in args.parts.split(",")}
+    if not parts <= {"1", "2", "3"}:
+        p.error(f"--parts {args.parts}: give parts among 1, 2 and 3, comma-separated")
+    if args.speed_rounds < 1:
+        p.error("--speed-rounds must be at least 1")
     if args.speed_child:
         return speed_child(args)
     if args.malloc == "capped" and "1" in parts:
@@ -78,9 +84,6 @@ def speed(args) -> None:
     capped, default = benchlib.median(epochs["capped"]), benchlib.median(epochs["default"])
     print(f"[4] malloc's arenas capped: a steady training epoch {capped:.2f} s against {default:.2f} s uncapped "
           f"(medians): {default / capped:.3f}x the speed (fastest: {min(epochs['default']) / min(epochs['capped']):.3f}x)")
-
-
-SPEED_EPOCHS, SPEED_SUBSET = 4, 0.25
 
 
 def speed_child(args) -> int:
