@@ -9,8 +9,6 @@ arenas, and each new model lands partly elsewhere. Over 20 small trials in one p
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import gc
 import platform
@@ -20,9 +18,13 @@ ARENAS = 2
 
 
 @functools.cache
-def _glibc() -> ctypes.CDLL | None:
+def _glibc():
+    """The C library as a ctypes.CDLL where it is glibc, else None (imported here: `--help` stays light)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
+    import ctypes
+    import ctypes.util
+
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     except OSError:
