@@ -23,17 +23,16 @@ def _glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     import ctypes
-    import ctypes.util
 
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL("libc.so.6")  # glibc's soname everywhere
     except OSError:
         return None
 
 
 def cap_malloc_arenas(arenas: int = ARENAS) -> bool:
     """Let malloc make at most `arenas` arenas from now on; True if it took. Call it before TensorFlow
-    is imported (its thread pools make the arenas): the command-line tools do, first thing. Threads
+    is imported (its thread pools make the arenas): search.run does, first thing. Threads
     then share arenas: on two cores a training epoch measured the same within noise (0.98x by
     medians, 1.01x by the fastest epochs; bench_memory.py --parts 3)."""
     libc = _glibc()
