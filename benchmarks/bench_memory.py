@@ -76,7 +76,10 @@ def speed(args) -> None:
             command = [sys.executable, __file__, "--speed-child", kind, "--space", args.space]
             if args.data:
                 command += ["--data", args.data]
-            out = subprocess.run(command, cwd=benchlib.REPO, capture_output=True, text=True, check=True)
+            out = subprocess.run(command, cwd=benchlib.REPO, capture_output=True, text=True)
+            if out.returncode:  # say why, not only that the child failed
+                lines = out.stderr.strip().splitlines() or ["no output"]
+                raise SystemExit(f"part 3: the {kind} process failed: {lines[-1]}")
             seconds, rss = json.loads(out.stdout.strip().splitlines()[-1])
             epochs[kind] += seconds
             print(f"  round {r + 1} {kind:<7} steady training epochs {', '.join(f'{s:.2f}' for s in seconds)} s, "
