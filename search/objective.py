@@ -143,7 +143,7 @@ class Objective:
         """(training pipeline, validation dataset) for `config`: its batch size and augmentation.
 
         Both are built once per objective and reused: the training pipeline per subset and label form
-        (one-hot under label smoothing), set to the configuration's batch size and augmentation, starting
+        (one-hot under label smoothing; the two forms share the subset's images), set to the configuration's batch size and augmentation, starting
         at epoch 0. Its dataset runs over every epoch: pass `steps_per_epoch` to `fit`."""
         _, training = split_config(config, self.builder_params)
         augment = Augment(
@@ -155,8 +155,10 @@ class Objective:
         subset = subset or self.space.budget.subset
         one_hot = bool(training["label_smoothing"])
         if (subset, one_hot) not in self._pipelines:
-            self._pipelines[subset, one_hot] = TrainingPipeline(
-                self.train_split(subset), seed=self.seed, one_hot=self.data.num_classes if one_hot else None)
+            labels = self.data.num_classes if one_hot else None
+            other = self._pipelines.get((subset, not one_hot))  # the same images: share them
+            self._pipelines[subset, one_hot] = (other.with_labels(labels) if other is not None else
+                                                TrainingPipeline(self.train_split(subset), seed=self.seed, one_hot=labels))
         if self._val_ds is None:
             self._val_ds = make_dataset(self.data.val, batch_size=256, training=False)
         pipeline = self._pipelines[subset, one_hot].configure(batch_size=int(training["batch_size"]), augment=augment)

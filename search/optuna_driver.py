@@ -329,9 +329,9 @@ def run_search(
       `surplus` (samplers, the budget and the failure count all ignore failed trials).
 
     With `memory_limit_mb`, it also stops (`recycle` set) before a trial that would take this
-    process's resident memory more than that above where it was after its first trial (judging by
-    the largest growth a trial has shown so far, `prior_memory_step_mb` carrying it over from the
-    processes before this one). Each trial's model is collected and its memory handed back before
+    process's resident memory more than that above where it was after its first trial to train an
+    epoch (judging by the largest growth a trial has shown so far, `prior_memory_step_mb` carrying it
+    over from the processes before this one). Each trial's model is collected and its memory handed back before
     the reading (`search.memory`); what still grows (memory fragmented past trimming, a library's
     caches) only a fresh process gives back. The caller then continues the study in one.
     """
@@ -387,13 +387,14 @@ def run_search(
                 f"{trial.user_attrs.get('fail_reason', 'no reason recorded')}. Fix that, then run the same "
                 f"command again to resume"
             )
-        memory.trial_ended()
+        memory.trial_ended(trained=bool(trial.intermediate_values))
     return summary
 
 
 class _MemoryWatch:
-    """Resident memory growth since the first trial ended (TensorFlow's one-time set-up is in it),
-    and the largest growth one trial has shown (`step`, seeded from earlier processes: without it, a
+    """Resident memory growth since the first trial that trained an epoch ended (TensorFlow's one-time
+    set-up, validation's included, is in it: a trial that failed in its first epoch leaves part of it
+    out), and the largest growth one trial has shown (`step`, seeded from earlier processes: without it, a
     fresh process would learn again by overshooting that a trial can add more than the limit)."""
 
     def __init__(self, limit_mb: float | None, prior_step: float = 0.0):
@@ -404,8 +405,9 @@ class _MemoryWatch:
     def grown(self) -> float:
         return 0.0 if self.baseline is None else self.last - self.baseline
 
-    def trial_ended(self) -> None:
-        if self.limit is None:
+    def trial_ended(self, *, trained: bool = True) -> None:
+        """Read the memory after a trial; `trained`: it ended at least one epoch."""
+        if self.limit is None or (self.baseline is None and not trained):
             return
         return_freed_memory()  # the trial's model, collected and handed back: what is left is what stays
         rss = resident_mb()

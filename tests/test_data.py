@@ -550,6 +550,20 @@ def test_a_training_pipeline_gives_one_hot_labels_when_asked(small_data: FERData
         pipeline.configure(batch_size=0, augment=Augment())
 
 
+def test_the_one_hot_form_of_a_pipeline_shares_its_images(small_data: FERData) -> None:
+    """The label forms of one subset stream the same batches from one copy of the images (the copy is
+    66 MB for all of Training, and a search uses both forms when it samples label smoothing)."""
+    ids = TrainingPipeline(small_data.train, seed=3)
+    hot = ids.with_labels(7)
+    assert hot._tensors[0] is ids._tensors[0]
+    aug = Augment(flip=True, rotation=0.05)
+    (x, y), *_ = _stream(ids.configure(batch_size=8, augment=aug, first_epoch=1), 1)
+    (x_hot, y_hot), *_ = _stream(hot.configure(batch_size=8, augment=aug, first_epoch=1), 1)
+    np.testing.assert_array_equal(x_hot, x)
+    np.testing.assert_array_equal(y_hot.argmax(axis=1), y)
+    assert y_hot.shape == (8, 7)
+
+
 def test_pipelines_run_without_autotuning(small_data: FERData) -> None:
     # An iterator's destructor waits for tf.data's autotuning thread to wake (up to a minute later):
     # model.fit dropping its last epoch's iterator made every trial wait for it (docs/performance.md).

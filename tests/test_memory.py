@@ -60,3 +60,21 @@ def test_the_search_reads_memory_after_handing_back_the_trials(monkeypatch):
     calls.clear()
     optuna_driver._MemoryWatch(None).trial_ended()
     assert calls == []
+
+
+def test_the_baseline_waits_for_a_trial_that_trained(monkeypatch):
+    """A first trial that failed in its first epoch never validated: the set-up it skipped would count
+    as growth (a 117 MB 'step' once made a worker start a fresh process before every trial). The
+    baseline is read after the first trial that trained an epoch."""
+    from search import optuna_driver
+
+    readings = iter([1000.0, 1117.0])
+    monkeypatch.setattr(optuna_driver, "return_freed_memory", lambda: None)
+    monkeypatch.setattr(optuna_driver, "resident_mb", lambda: next(readings))
+    watch = optuna_driver._MemoryWatch(100)
+    watch.trial_ended(trained=False)  # failed at its first batches: no reading taken
+    assert watch.baseline is None and not watch.full()
+    watch.trial_ended(trained=True)  # reads 1000: the baseline
+    watch.trial_ended(trained=False)  # once there is a baseline every trial counts: reads 1117
+    assert (watch.baseline, watch.grown, watch.step) == (1000.0, 117.0, 117.0)
+    assert watch.full()

@@ -115,23 +115,29 @@ class TrainingPipeline:
     set, so one trial at a time.
     """
 
-    def __init__(self, split: Split, *, seed: int = 0, one_hot: int | None = None):
+    def __init__(self, split: Split, *, seed: int = 0, one_hot: int | None = None, _tensors: tuple | None = None):
         import tensorflow as tf
 
         _check(split, 1, "TrainingPipeline")
-        self.size = len(split)
+        self.split, self.seed, self.size = split, seed, len(split)
         self.steps_per_epoch = 0
         with tf.device("/CPU:0"):  # tf.data runs its functions on the host: its variables live there too
             self._batch_size = tf.Variable(1, dtype=tf.int64, trainable=False)
             self._first_epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._flip = tf.Variable(False, trainable=False)
             self._warp = [tf.Variable(0.0, trainable=False) for _ in ("rotation", "zoom", "shift")]
-        x, y = tf.constant(split.x), tf.constant(split.y)
+        self._tensors = _tensors or (tf.constant(split.x), tf.constant(split.y))
+        x, y = self._tensors
         # The first epoch is read when an iterator starts, not when the pipeline is built.
         first = tf.data.Dataset.range(1).map(lambda _: self._first_epoch.read_value())
         epochs = first.flat_map(lambda e: tf.data.Dataset.range(e, np.iinfo(np.int64).max))
         self.dataset = _training_batches(epochs, x, y, batch_size=self._batch_size, seed=seed, one_hot=one_hot,
                                          augment=(self._flip, *self._warp))
+
+    def with_labels(self, one_hot: int | None) -> TrainingPipeline:
+        """A pipeline over the same images, seed and epochs, its labels one-hot over ``one_hot`` classes
+        (None: class ids). The images are shared, not copied: a copy is 66 MB for all of Training."""
+        return TrainingPipeline(self.split, seed=self.seed, one_hot=one_hot, _tensors=self._tensors)
 
     def configure(self, *, batch_size: int, augment: Augment, first_epoch: int = 0) -> TrainingPipeline:
         """Set the batch size, the augmentation and the epoch the next iterator starts at."""
