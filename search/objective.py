@@ -143,8 +143,9 @@ class Objective:
         """(training pipeline, validation dataset) for `config`: its batch size and augmentation.
 
         Both are built once per objective and reused: the training pipeline per subset and label form
-        (one-hot under label smoothing; the two forms share the subset's images), set to the configuration's batch size and augmentation, starting
-        at epoch 0. Its dataset runs over every epoch: pass `steps_per_epoch` to `fit`."""
+        (one-hot under label smoothing; the two forms share the subset's images), set to the
+        configuration's batch size and augmentation, starting at epoch 0. Its dataset runs over every
+        epoch: pass `steps_per_epoch` to `fit`."""
         _, training = split_config(config, self.builder_params)
         augment = Augment(
             flip=bool(training["flip"]),

@@ -331,9 +331,9 @@ def run_search(
     With `memory_limit_mb`, it also stops (`recycle` set) before a trial that would take this
     process's resident memory more than that above where it was after its first trial to train an
     epoch (judging by the largest growth a trial has shown so far, `prior_memory_step_mb` carrying it
-    over from the processes before this one). Each trial's model is collected and its memory handed back before
-    the reading (`search.memory`); what still grows (memory fragmented past trimming, a library's
-    caches) only a fresh process gives back. The caller then continues the study in one.
+    over from the processes before this one). Each trial's model is collected and its memory handed
+    back before the reading (`search.memory`); what still grows (memory fragmented past trimming, a
+    library's caches) only a fresh process gives back. The caller then continues the study in one.
     """
     deadline = time.monotonic() + timeout if timeout else None
     summary, failures, waiting = SearchSummary(), 0, False
@@ -394,8 +394,8 @@ def run_search(
 class _MemoryWatch:
     """Resident memory growth since the first trial that trained an epoch ended (TensorFlow's one-time
     set-up, validation's included, is in it: a trial that failed in its first epoch leaves part of it
-    out), and the largest growth one trial has shown (`step`, seeded from earlier processes: without it, a
-    fresh process would learn again by overshooting that a trial can add more than the limit)."""
+    out), and the largest growth one trial has shown (`step`, seeded from earlier processes: without
+    it, a fresh process would learn again by overshooting that a trial can add more than the limit)."""
 
     def __init__(self, limit_mb: float | None, prior_step: float = 0.0):
         self.limit, self.baseline, self.last = limit_mb, None, None
