@@ -7,9 +7,9 @@ over `Objective`, so every trial builds a different model, and reads VmRSS from 
 after each, once the trial's memory is collected and handed back as search.run does: what stays of
 every model. malloc's arenas are capped first, as search.run does, unless --malloc default. Part 2
 runs the same search as `python -m search.run` (which goes on in a fresh process, same PID, once
-memory grows past --memory-limit) and samples the child's VmRSS from /proc/PID/status while it runs. Part 3 (`--parts 3`) times steady
-training epochs in fresh processes with malloc's arenas capped and not, alternating: what the cap
-costs in speed. Prints figures; asserts nothing.
+memory grows past --memory-limit) and samples the child's VmRSS from /proc/PID/status while it runs.
+Part 3 (`--parts 3`) times steady training epochs in fresh processes with malloc's arenas capped and
+not, alternating: what the cap costs in speed. Prints figures; asserts nothing.
 """
 from __future__ import annotations
 

@@ -157,9 +157,12 @@ class Objective:
         one_hot = bool(training["label_smoothing"])
         if (subset, one_hot) not in self._pipelines:
             labels = self.data.num_classes if one_hot else None
-            other = self._pipelines.get((subset, not one_hot))  # the same images: share them
-            self._pipelines[subset, one_hot] = (other.with_labels(labels) if other is not None else
-                                                TrainingPipeline(self.train_split(subset), seed=self.seed, one_hot=labels))
+            other = self._pipelines.get((subset, not one_hot))
+            if other is not None:  # the other label form has the subset's images: share them
+                self._pipelines[subset, one_hot] = other.with_labels(labels)
+            else:
+                self._pipelines[subset, one_hot] = TrainingPipeline(self.train_split(subset), seed=self.seed,
+                                                                    one_hot=labels)
         if self._val_ds is None:
             self._val_ds = make_dataset(self.data.val, batch_size=256, training=False)
         pipeline = self._pipelines[subset, one_hot].configure(batch_size=int(training["batch_size"]), augment=augment)

@@ -368,9 +368,9 @@ def run_search(
             continue
         waiting = False
         if memory.full():
-            log(f"resident memory grew {memory.grown:.0f} MB since this process's first trial, and one trial has "
-                f"added up to {memory.step:.0f} MB: the next could take it past {memory_limit_mb:g} MB; going on in a "
-                f"fresh process")
+            log(f"resident memory grew {memory.grown:.0f} MB since this process's first trained trial, and one trial "
+                f"has added up to {memory.step:.0f} MB: the next could take it past {memory_limit_mb:g} MB; going on in "
+                f"a fresh process")
             summary.recycle, summary.memory_step = True, memory.step
             break
         study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[lambda s, t: finished.append(t)])
