@@ -1,15 +1,16 @@
 """Resident memory across many trials (target 4): inside one Python process, and through the command line.
 
-    python benchmarks/bench_memory.py --data PATH [--trials 20] [--epochs 1] [--subset 0.02] [--malloc default]
+    python benchmarks/bench_memory.py --data PATH [--trials 20] [--epochs 1] [--subset 0.02] [--setup arenas]
 
 Part 1 runs a random search (no pruning) of tiny trials in this process through `OptunaObjective`
 over `Objective`, so every trial builds a different model, and reads VmRSS from /proc/self/status
 after each, once the trial's memory is collected and handed back as search.run does: what stays of
-every model. malloc's arenas are capped first, as search.run does, unless --malloc default. Part 2
-runs the same search as `python -m search.run` (which goes on in a fresh process, same PID, once
-memory grows past --memory-limit) and samples the child's VmRSS from /proc/PID/status while it runs.
-Part 3 (`--parts 3`) times steady training epochs in fresh processes with malloc's arenas capped and
-not, alternating: what the cap costs in speed. Prints figures; asserts nothing.
+every model. The process is set up first as `--setup` says (SETUPS below; by default as search.run
+sets itself up). Part 2 runs the same search as `python -m search.run` (which goes on in a fresh
+process, same PID, once memory grows past --memory-limit) and samples the child's VmRSS from
+/proc/PID/status while it runs. Part 3 (`--parts 3`) times steady training epochs in fresh processes
+set up each way `--speed-setups` names, alternating: what a set-up costs in speed. Prints figures;
+asserts nothing.
 """
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ from pathlib import Path
 import benchlib
 
 SPEED_EPOCHS, SPEED_SUBSET = 4, 0.25  # part 3: each process trains the default point this long
+ONEDNN_SYSTEM_ALLOCATOR = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"  # TensorFlow reads it once, making its allocator
+SETUPS = {  # how a process is set up before TensorFlow is imported; part 2's search.run inherits the variable
+    "search": "as search.run: malloc's arenas capped; oneDNN's tensors in TensorFlow's pool",
+    "malloc": f"malloc's arenas capped; oneDNN's tensors through malloc ({ONEDNN_SYSTEM_ALLOCATOR}=1)",
+    "none": "glibc's and TensorFlow's defaults",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,23 +44,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--subset", type=float, default=0.02)
     p.add_argument("--parts", default="1,2", help="1: in this process, 2: through search.run, 3: training "
-                   "speed with malloc's arenas capped and not (default: 1,2)")
-    p.add_argument("--malloc", choices=("capped", "default"), default="capped", help="part 1: cap malloc's "
-                   "arenas first as search.run does (capped, the default), or leave glibc's default")
-    p.add_argument("--speed-rounds", type=int, default=2, help="part 3: capped/default process pairs (default: 2)")
-    p.add_argument("--speed-child", choices=("capped", "default"), help=argparse.SUPPRESS)  # one process of part 3
+                   "speed under two set-ups (default: 1,2)")
+    p.add_argument("--setup", choices=SETUPS, default="search", help="part 1: how this process is set up "
+                   "(default: search, as search.run)")
+    p.add_argument("--speed-setups", default="search,malloc", help="part 3: the two set-ups compared, comma-separated "
+                   "(default: search,malloc)")
+    p.add_argument("--speed-set", action="append", default=[], metavar="KEY=VALUE", help="part 3: train the default "
+                   "point with this changed (repeatable), e.g. --speed-set batch_size=128")
+    p.add_argument("--speed-rounds", type=int, default=2, help="part 3: process pairs, one set up each way "
+                   "(default: 2)")
+    p.add_argument("--speed-child", choices=SETUPS, help=argparse.SUPPRESS)  # one process of part 3
     args = p.parse_args(argv)
     parts = {s.strip() for s in args.parts.split(",")}
     if not parts <= {"1", "2", "3"}:
         p.error(f"--parts {args.parts}: give parts among 1, 2 and 3, comma-separated")
     if args.speed_rounds < 1:
         p.error("--speed-rounds must be at least 1")
+    speed_setups = args.speed_setups.split(",")
+    if len(speed_setups) != 2 or speed_setups[0] == speed_setups[1] or not set(speed_setups) <= set(SETUPS):
+        p.error(f"--speed-setups {args.speed_setups}: give two of {', '.join(SETUPS)}, comma-separated")
     if args.speed_child:
         return speed_child(args)
-    if args.malloc == "capped" and "1" in parts:
-        from search.memory import ARENAS, cap_malloc_arenas
-
-        print(f"malloc     arenas capped at {ARENAS}: {cap_malloc_arenas()} (before TensorFlow is imported)")
+    if parts & {"1", "2"}:  # part 2's search.run inherits the environment
+        print(f"set-up     {args.setup}: {SETUPS[args.setup]}: {set_up(args.setup)}")
 
     with benchlib.Machine("bench_memory"), tempfile.TemporaryDirectory(prefix="fer-bench-memory-") as tmp:
         if "1" in parts:
@@ -65,36 +78,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def set_up(setup: str) -> str:
+    """Set this process up as SETUPS[setup] says, before TensorFlow is imported; says what took."""
+    from search.memory import ARENAS, cap_malloc_arenas
+
+    os.environ[ONEDNN_SYSTEM_ALLOCATOR] = "1" if setup == "malloc" else "0"  # whatever the environment said
+    capped = setup != "none" and cap_malloc_arenas()
+    return f"arenas capped at {ARENAS}: {capped}, {ONEDNN_SYSTEM_ALLOCATOR}={os.environ[ONEDNN_SYSTEM_ALLOCATOR]}"
+
+
 def speed(args) -> None:
-    """Steady training epochs of the default point in fresh processes, malloc's arenas capped (as
-    search.run) and not, in alternating order: whether the cap costs training speed."""
-    epochs = {"capped": [], "default": []}
-    print(f"\npart 3     the default point, {SPEED_EPOCHS} epochs on {SPEED_SUBSET:g} of Training in a fresh process "
-          f"each, arenas capped and not, alternating", flush=True)
+    """Steady training epochs of the default point in fresh processes set up the two ways
+    --speed-setups names, in alternating order: whether one costs training speed against the other."""
+    first, second = args.speed_setups.split(",")
+    epochs = {first: [], second: []}
+    changed = f" with {', '.join(args.speed_set)}" if args.speed_set else ""
+    print(f"\npart 3     the default point{changed}, {SPEED_EPOCHS} epochs on {SPEED_SUBSET:g} of Training in a fresh process "
+          f"each, set up as {first} and as {second}, alternating", flush=True)
     for r in range(args.speed_rounds):
-        for kind in (("capped", "default") if r % 2 == 0 else ("default", "capped")):
-            command = [sys.executable, __file__, "--speed-child", kind, "--space", args.space]
+        for setup in ((first, second) if r % 2 == 0 else (second, first)):
+            command = [sys.executable, __file__, "--speed-child", setup, "--space", args.space,
+                       *(f"--speed-set={item}" for item in args.speed_set)]
             if args.data:
                 command += ["--data", args.data]
             out = subprocess.run(command, cwd=benchlib.REPO, capture_output=True, text=True)
             if out.returncode:  # say why, not only that the child failed
                 lines = out.stderr.strip().splitlines() or ["no output"]
-                raise SystemExit(f"part 3: the {kind} process failed: {lines[-1]}")
+                raise SystemExit(f"part 3: the {setup} process failed: {lines[-1]}")
             seconds, rss = json.loads(out.stdout.strip().splitlines()[-1])
-            epochs[kind] += seconds
-            print(f"  round {r + 1} {kind:<7} steady training epochs {', '.join(f'{s:.2f}' for s in seconds)} s, "
+            epochs[setup] += seconds
+            print(f"  round {r + 1} {setup:<7} steady training epochs {', '.join(f'{s:.2f}' for s in seconds)} s, "
                   f"{rss:.0f} MiB after", flush=True)
-    capped, default = benchlib.median(epochs["capped"]), benchlib.median(epochs["default"])
-    print(f"[4] malloc's arenas capped: a steady training epoch {capped:.2f} s against {default:.2f} s uncapped "
-          f"(medians): {default / capped:.3f}x the speed (fastest: {min(epochs['default']) / min(epochs['capped']):.3f}x)")
+    a, b = benchlib.median(epochs[first]), benchlib.median(epochs[second])
+    print(f"[4] set up as {first}: a steady training epoch {a:.2f} s against {b:.2f} s as {second} (medians): "
+          f"{b / a:.3f}x the speed (fastest: {min(epochs[second]) / min(epochs[first]):.3f}x)")
 
 
 def speed_child(args) -> int:
-    if args.speed_child == "capped":
-        from search.memory import cap_malloc_arenas
-
-        assert cap_malloc_arenas()
-    from search.cli import quiet_tensorflow
+    set_up(args.speed_child)
+    from search.cli import parse_overrides, quiet_tensorflow
 
     quiet_tensorflow()
     from search.data import load_fer2013
@@ -102,6 +124,8 @@ def speed_child(args) -> int:
     from search.space import load_space
 
     space = load_space(args.space).with_settings(epochs=SPEED_EPOCHS, min_epochs=1, subset=SPEED_SUBSET)
+    if args.speed_set:
+        space = space.with_fixed(parse_overrides(args.speed_set))
     objective = Objective(load_fer2013(args.data, labels=space.labels), space, log=None)
     timer = benchlib.epoch_timer(per_batch=True)
     objective(space.defaults(), callbacks=[timer])
@@ -140,7 +164,7 @@ def in_process(args, tmp: Path) -> None:
     slope = np.polyfit(np.arange(2, len(rss) + 1), rss[1:], 1)[0] if len(rss) > 2 else float("nan")
     print(f"[4] in one Python process: {rss[0] - before:+.0f} MiB in the first trial (TensorFlow's one-time "
           f"set-up), then {rss[-1] - rss[0]:+.0f} MiB from trial 1 to trial {args.trials} ({slope:+.1f} MiB a trial, "
-          f"fitted), malloc {args.malloc}")
+          f"fitted), set up as {args.setup}")
 
 
 def through_cli(args, tmp: Path) -> None:

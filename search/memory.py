@@ -6,6 +6,12 @@ trial's model is dropped and collected, its memory is free but stays resident, s
 arenas, and each new model lands partly elsewhere. Over 20 small trials in one process that read
 +257 MiB; trimming the arenas after each trial, +82 MiB; capping them at two as well, +8 MiB
 (benchmarks/bench_memory.py, docs/performance.md). Elsewhere than glibc both are no-ops.
+
+Where TensorFlow runs its oneDNN kernels (by default on CPUs with AVX512_VNNI, AVX512_BF16 or AMX),
+tensors of 4 KiB or more come from a pool of its own instead, which keeps the most any trial held and
+which the trim cannot reach (+256 MiB over those 20 trials on such a CPU). TensorFlow's
+TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 sends them to malloc too; it is left to the user, since 32 filters at
+batch 128 trained 1.2x slower that way (docs/performance.md, section 4).
 """
 from __future__ import annotations
 
