@@ -138,7 +138,7 @@ def in_process(args, tmp: Path) -> None:
     import optuna
 
     from search.data import load_fer2013
-    from search.memory import return_freed_memory
+    from search.memory import pool_idle_mb, return_freed_memory
     from search.objective import Objective
     from search.optuna_driver import OptunaObjective
     from search.space import load_space
@@ -153,18 +153,21 @@ def in_process(args, tmp: Path) -> None:
     print(f"\npart 1     {args.trials} random {space.model} trials of {args.epochs} epoch(s) on {args.subset:g} of "
           f"Training ({len(objective.objective.train_split(args.subset))} images) in this process; "
           f"{before:.0f} MiB with the data loaded", flush=True)
-    rss = []
+    rss, watched = [], []  # watched: what search.run's memory watch reads, TensorFlow's idle tensor pool left out
     for i in range(args.trials):
         study.optimize(objective, n_trials=1)
         return_freed_memory()  # as search.run does before it reads memory after a trial
         rss.append(benchlib.rss_mb())
+        watched.append(rss[-1] - pool_idle_mb())
         t = study.trials[-1]
         print(f"  trial {i + 1:>2} {t.state.name:<8} base_filters {t.params.get('base_filters')!s:>3} dense_units "
-              f"{t.params.get('dense_units')!s:>5}  rss {rss[-1]:7.1f} MiB", flush=True)
+              f"{t.params.get('dense_units')!s:>5}  rss {rss[-1]:7.1f} MiB, less the pool's idle {watched[-1]:7.1f}",
+              flush=True)
     slope = np.polyfit(np.arange(2, len(rss) + 1), rss[1:], 1)[0] if len(rss) > 2 else float("nan")
     print(f"[4] in one Python process: {rss[0] - before:+.0f} MiB in the first trial (TensorFlow's one-time "
           f"set-up), then {rss[-1] - rss[0]:+.0f} MiB from trial 1 to trial {args.trials} ({slope:+.1f} MiB a trial, "
-          f"fitted), set up as {args.setup}")
+          f"fitted), set up as {args.setup}; less TensorFlow's idle tensor pool, as the memory watch reads it: "
+          f"{watched[-1] - watched[0]:+.0f} MiB, highest {max(watched) - watched[0]:+.0f}")
 
 
 def through_cli(args, tmp: Path) -> None:

@@ -11,13 +11,16 @@ Where TensorFlow runs its oneDNN kernels (by default on CPUs with AVX512_VNNI, A
 tensors of 4 KiB or more come from a pool of its own instead, which keeps the most any trial held and
 which the trim cannot reach (+256 MiB over those 20 trials on such a CPU). TensorFlow's
 TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 sends them to malloc too; it is left to the user, since 32 filters at
-batch 128 trained 1.2x slower that way (docs/performance.md, section 4).
+batch 128 trained 1.2x slower that way (docs/performance.md, section 4). What the pool holds idle is
+memory the next trial's tensors reuse, not growth: `pool_idle_mb` reads it, and the search's memory
+watch leaves it out.
 """
 from __future__ import annotations
 
 import functools
 import gc
 import platform
+import sys
 
 _M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
 ARENAS = 2
@@ -66,3 +69,17 @@ def resident_mb(pid: int | str = "self") -> float | None:
     except OSError:
         pass
     return None
+
+
+def pool_idle_mb() -> float:
+    """MB that TensorFlow's CPU tensor pool holds without a tensor in it: the most it has held at once
+    less what it holds now (its own statistics, which only the pool keeps). 0 where TensorFlow is not
+    imported or has no pool (oneDNN off, or its tensors sent to malloc)."""
+    tf = sys.modules.get("tensorflow")
+    if tf is None:
+        return 0.0
+    try:
+        info = tf.config.experimental.get_memory_info("CPU:0")
+    except ValueError:  # "Allocator stats not available": malloc serves the tensors
+        return 0.0
+    return max(info["peak"] - info["current"], 0) / 2**20

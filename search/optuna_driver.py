@@ -18,7 +18,7 @@ from optuna.pruners._successive_halving import _is_trial_promotable_to_next_rung
 from optuna.trial import TrialState
 
 from search import interrupts
-from search.memory import resident_mb, return_freed_memory
+from search.memory import pool_idle_mb, resident_mb, return_freed_memory
 from search.optuna_sampling import enqueue_params, suggest
 from search.space import Space
 
@@ -329,9 +329,9 @@ def run_search(
       `surplus` (samplers, the budget and the failure count all ignore failed trials).
 
     With `memory_limit_mb`, it also stops (`recycle` set) before a trial that would take this
-    process's resident memory more than that above where it was after its first trial to train an
-    epoch (judging by the largest growth a trial has shown so far, `prior_memory_step_mb` carrying it
-    over from the processes before this one). Each trial's model is collected and its memory handed
+    process's resident memory (less what TensorFlow's tensor pool holds idle) more than that above
+    where it was after its first trial to train an epoch (judging by the largest growth a trial has
+    shown so far, `prior_memory_step_mb` carrying it over from the processes before this one). Each trial's model is collected and its memory handed
     back before the reading (`search.memory`); what still grows (memory fragmented past trimming, a
     library's caches) only a fresh process gives back. The caller then continues the study in one.
     """
@@ -368,9 +368,9 @@ def run_search(
             continue
         waiting = False
         if memory.full():
-            log(f"resident memory grew {memory.grown:.0f} MB since this process's first trained trial, and one trial "
-                f"has added up to {memory.step:.0f} MB: the next could take it past {memory_limit_mb:g} MB; going on in "
-                f"a fresh process")
+            log(f"resident memory grew {memory.grown:.0f} MB since this process's first trained trial (TensorFlow's "
+                f"idle tensor pool left out), and one trial has added up to {memory.step:.0f} MB: the next could take "
+                f"it past {memory_limit_mb:g} MB; going on in a fresh process")
             summary.recycle, summary.memory_step = True, memory.step
             break
         study.optimize(guarded, n_trials=1, catch=(Exception,), callbacks=[lambda s, t: finished.append(t)])
@@ -395,7 +395,11 @@ class _MemoryWatch:
     """Resident memory growth since the first trial that trained an epoch ended (TensorFlow's one-time
     set-up, validation's included, is in it: a trial that failed in its first epoch leaves part of it
     out), and the largest growth one trial has shown (`step`, seeded from earlier processes: without
-    it, a fresh process would learn again by overshooting that a trial can add more than the limit)."""
+    it, a fresh process would learn again by overshooting that a trial can add more than the limit).
+
+    What TensorFlow's tensor pool holds idle is left out: the pool keeps the largest working set any
+    trial had for the next trial's tensors, and a fresh process would grow it again as soon as a trial
+    that large came (without this, one wide model sent every later trial to a fresh process)."""
 
     def __init__(self, limit_mb: float | None, prior_step: float = 0.0):
         self.limit, self.baseline, self.last = limit_mb, None, None
@@ -413,6 +417,7 @@ class _MemoryWatch:
         rss = resident_mb()
         if rss is None:
             return
+        rss -= pool_idle_mb()
         if self.baseline is None:
             self.baseline = rss
         else:

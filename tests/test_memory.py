@@ -1,6 +1,7 @@
 """search.memory: what a finished trial freed goes back to the system, and the search reads memory after that."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def test_the_baseline_waits_for_a_trial_that_trained(monkeypatch):
     readings = iter([1000.0, 1117.0])
     monkeypatch.setattr(optuna_driver, "return_freed_memory", lambda: None)
     monkeypatch.setattr(optuna_driver, "resident_mb", lambda: next(readings))
+    monkeypatch.setattr(optuna_driver, "pool_idle_mb", lambda: 0.0)
     watch = optuna_driver._MemoryWatch(100)
     watch.trial_ended(trained=False)  # failed at its first batches: no reading taken
     assert watch.baseline is None and not watch.full()
@@ -78,3 +80,55 @@ def test_the_baseline_waits_for_a_trial_that_trained(monkeypatch):
     watch.trial_ended(trained=False)  # once there is a baseline every trial counts: reads 1117
     assert (watch.baseline, watch.grown, watch.step) == (1000.0, 117.0, 117.0)
     assert watch.full()
+
+
+def test_the_watch_leaves_tensorflows_idle_pool_out(monkeypatch):
+    """A wider model grows TensorFlow's tensor pool (oneDNN CPUs) by its working set, which the pool
+    keeps for later tensors: not growth. Memory that grows beside the pool still counts."""
+    from search import optuna_driver
+
+    def watch_over(readings: list[tuple[float, float]]):
+        rss, idle = iter([r for r, _ in readings]), iter([i for _, i in readings])
+        monkeypatch.setattr(optuna_driver, "return_freed_memory", lambda: None)
+        monkeypatch.setattr(optuna_driver, "resident_mb", lambda: next(rss))
+        monkeypatch.setattr(optuna_driver, "pool_idle_mb", lambda: next(idle))
+        watch = optuna_driver._MemoryWatch(100)
+        for _ in readings:
+            watch.trial_ended()
+        return watch
+
+    wider = watch_over([(1000.0, 100.0), (1150.0, 245.0), (1160.0, 245.0)])  # the pool took 145 of the 150
+    assert (wider.grown, wider.step) == (15.0, 10.0) and not wider.full()
+    leak = watch_over([(1000.0, 100.0), (1060.0, 100.0), (1120.0, 100.0)])
+    assert (leak.grown, leak.step) == (120.0, 60.0) and leak.full()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="TensorFlow's oneDNN kernels are x86's here")
+def test_the_pool_reading_is_what_tensorflow_keeps_idle():
+    """Under oneDNN (forced on: TensorFlow turns it on by itself only on CPUs with AVX512_VNNI and later)
+    256 MiB of freed tensors stay resident in TensorFlow's pool, and pool_idle_mb reads them; with the
+    tensors sent to malloc they go back and it reads nothing; without TensorFlow it reads 0."""
+    script = textwrap.dedent("""
+        from search.memory import pool_idle_mb, resident_mb, return_freed_memory
+        import tensorflow as tf
+        tf.ones([1024, 1024]).numpy()
+        before = resident_mb()
+        held = [tf.fill([32, 1024, 1024], float(i)) for i in range(2)]  # 2 x 128 MiB
+        del held
+        return_freed_memory()
+        print(resident_mb() - before, pool_idle_mb())
+    """)
+
+    def run(**env: str) -> tuple[float, float]:
+        out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True,
+                             env=os.environ | {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"} | env)
+        kept, idle = map(float, out.stdout.split()[-2:])
+        return kept, idle
+
+    kept, idle = run(TF_ONEDNN_USE_SYSTEM_ALLOCATOR="0")
+    assert kept > 200 and 250 <= idle <= 270, (kept, idle)
+    kept, idle = run(TF_ONEDNN_USE_SYSTEM_ALLOCATOR="1")
+    assert kept < 30 and idle == 0, (kept, idle)
+    out = subprocess.run([sys.executable, "-c", "from search.memory import pool_idle_mb; print(pool_idle_mb())"],
+                         cwd=REPO, capture_output=True, text=True, check=True)
+    assert float(out.stdout) == 0.0
