@@ -331,9 +331,10 @@ def run_search(
     With `memory_limit_mb`, it also stops (`recycle` set) before a trial that would take this
     process's resident memory (less what TensorFlow's tensor pool holds idle) more than that above
     where it was after its first trial to train an epoch (judging by the largest growth a trial has
-    shown so far, `prior_memory_step_mb` carrying it over from the processes before this one). Each trial's model is collected and its memory handed
-    back before the reading (`search.memory`); what still grows (memory fragmented past trimming, a
-    library's caches) only a fresh process gives back. The caller then continues the study in one.
+    shown so far, `prior_memory_step_mb` carrying it over from the processes before this one). Each
+    trial's model is collected and its memory handed back before the reading (`search.memory`); what
+    still grows (memory fragmented past trimming, a library's caches) only a fresh process gives back.
+    The caller then continues the study in one.
     """
     deadline = time.monotonic() + timeout if timeout else None
     summary, failures, waiting = SearchSummary(), 0, False
