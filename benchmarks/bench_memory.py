@@ -1,6 +1,6 @@
 """Resident memory across many trials (target 4): inside one Python process, and through the command line.
 
-    python benchmarks/bench_memory.py --data PATH [--trials 20] [--epochs 1] [--subset 0.02] [--setup arenas]
+    python benchmarks/bench_memory.py --data PATH [--trials 20] [--epochs 1] [--subset 0.02] [--setup malloc]
 
 Part 1 runs a random search (no pruning) of tiny trials in this process through `OptunaObjective`
 over `Objective`, so every trial builds a different model, and reads VmRSS from /proc/self/status
