@@ -67,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         return speed_child(args)
     if parts & {"1", "2"}:  # part 2's search.run inherits the environment
         print(f"set-up     {args.setup}: {SETUPS[args.setup]}: {set_up(args.setup)}")
+    if args.speed_set and "3" in parts:  # say so now, not in the first child's traceback
+        from search.cli import UsageError, parse_overrides
+        from search.space import SpaceError, load_space
+
+        try:
+            load_space(args.space).with_fixed(parse_overrides(args.speed_set))
+        except (UsageError, SpaceError) as err:
+            p.error(f"--speed-set: {err}")
 
     with benchlib.Machine("bench_memory"), tempfile.TemporaryDirectory(prefix="fer-bench-memory-") as tmp:
         if "1" in parts:

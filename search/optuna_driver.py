@@ -418,12 +418,12 @@ class _MemoryWatch:
         rss = resident_mb()
         if rss is None:
             return
-        rss -= pool_idle_mb()
+        level = rss - pool_idle_mb()
         if self.baseline is None:
-            self.baseline = rss
+            self.baseline = level
         else:
-            self.step = max(self.step, rss - self.last)
-        self.last = rss
+            self.step = max(self.step, level - self.last)
+        self.last = level
 
     def full(self) -> bool:
         return self.baseline is not None and self.grown + self.step > self.limit
