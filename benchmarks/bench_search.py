@@ -26,6 +26,9 @@ import benchlib
 ARMS = {
     "default": [],  # the CLI's defaults: TPE sampler, Hyperband pruner, the space's min_epochs
     "random": ["--sampler", "random", "--pruner", "none"],
+    # TPE without pruning: every trial TPE picks trained to the end, so replay_pruners.py can run any pruner
+    # over the configurations of an improving sampler (the random arm's are independent draws)
+    "tpe": ["--pruner", "none"],
 }
 
 
