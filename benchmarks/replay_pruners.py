@@ -28,21 +28,45 @@ def pruners(space) -> list[tuple[str, object, bool]]:
     """(label, a function making the pruner afresh, whether it has Hyperband's brackets)."""
     import optuna
 
-    from search.optuna_driver import REDUCTION_FACTOR, ChancePruner, make_pruner
+    from search.optuna_driver import (REDUCTION_FACTOR, ChancePruner, PooledHyperband, PromotionQuota, halving_rungs,
+                                      make_pruner)
 
-    budget = space.budget
+    low, high = space.budget.min_epochs, space.budget.epochs
+
+    def chance(base):
+        return ChancePruner(base, low, high)
 
     def optuna_hyperband():
-        return optuna.pruners.HyperbandPruner(min_resource=budget.min_epochs, max_resource=budget.epochs,
-                                              reduction_factor=REDUCTION_FACTOR)
+        return optuna.pruners.HyperbandPruner(min_resource=low, max_resource=high, reduction_factor=REDUCTION_FACTOR)
+
+    def halving(eta, quota=None):
+        base = optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=eta)
+        if quota is not None:
+            rungs = halving_rungs(low, high, eta)
+            base = PromotionQuota(base, lambda study, trial: rungs, eta, leaders=quota == "leaders")
+        return chance(base)
+
+    def pooled(eta, quota=None):
+        hyperband = PooledHyperband(low, high, eta)
+        if quota is None:
+            return chance(hyperband)
+        return chance(PromotionQuota(hyperband, lambda study, trial: hyperband.rung_steps(hyperband.bracket(study, trial)),
+                                     eta, leaders=quota == "leaders"))
 
     return [
         ("hyperband (the default: pooled rungs + chance rule)", lambda: make_pruner("hyperband", space), True),
-        ("Optuna's Hyperband + chance rule",
-         lambda: ChancePruner(optuna_hyperband(), budget.min_epochs, budget.epochs), True),
+        ("Optuna's Hyperband + chance rule", lambda: chance(optuna_hyperband()), True),
         ("Optuna's Hyperband alone", optuna_hyperband, True),
         ("successive halving + chance rule", lambda: make_pruner("halving", space), False),
         ("median + chance rule", lambda: make_pruner("median", space), False),
+        ("pooled Hyperband, eta 4, + chance rule", lambda: pooled(4), True),
+        ("successive halving, eta 4, + chance rule", lambda: halving(4), False),
+        ("pooled Hyperband + quota (leaders go on) + chance rule", lambda: pooled(3, "leaders"), True),
+        ("pooled Hyperband + strict quota + chance rule", lambda: pooled(3, "strict"), True),
+        ("successive halving + quota (leaders go on) + chance rule", lambda: halving(3, "leaders"), False),
+        ("successive halving + strict quota + chance rule", lambda: halving(3, "strict"), False),
+        ("successive halving, eta 4, + quota (leaders go on) + chance rule", lambda: halving(4, "leaders"), False),
+        ("successive halving, eta 4, + strict quota + chance rule", lambda: halving(4, "strict"), False),
     ]
 
 

@@ -7,6 +7,7 @@ epoch throws good configurations away. No trial is pruned before the space's `mi
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -157,6 +158,50 @@ class PooledHyperband(optuna.pruners.BasePruner):
         # successive halving's own rule (top len // eta, the best while fewer than eta), on the pooled values
         return not _is_trial_promotable_to_next_rung(
             value, [t.intermediate_values[step] for t in others] + [value], self.reduction_factor, study.direction)
+
+
+def halving_rungs(min_resource: int, max_resource: int, reduction_factor: int = REDUCTION_FACTOR) -> list[int]:
+    """The epochs at which successive halving ranks a trial: min_resource x eta^k below max_resource."""
+    steps, step = [], min_resource
+    while step < max_resource:
+        steps.append(step)
+        step *= reduction_factor
+    return steps
+
+
+class PromotionQuota(optuna.pruners.BasePruner):
+    """Wraps successive halving or Hyperband: of the trials that reached a rung, at most one in
+    `reduction_factor` goes on past it, counted over the whole study, unless it leads every trial
+    that reached that epoch.
+
+    Successive halving promotes a trial in the top 1/eta of the trials that reached its rung before
+    it. For independent draws that is one trial in eta; for a sampler that improves, such as TPE, a
+    new trial beats the earlier, worse ones more often, and more go on: measured, the first bracket's
+    rungs at epochs 2 and 6 let half and then two thirds through, where Hyperband plans a third
+    (docs/performance.md). The quota holds each rung to its share whatever the sampler does, so the
+    search's cost is bounded by its budget; the leader's exception keeps a trial that is ahead of the
+    whole study at the rung from waiting for a later trial to free a place.
+
+    `rungs(study, trial)` gives the epochs at which the wrapped pruner ranks `trial`.
+    """
+
+    def __init__(self, base: optuna.pruners.BasePruner, rungs: Callable[[optuna.Study, optuna.trial.FrozenTrial], list[int]],
+                 reduction_factor: int = REDUCTION_FACTOR, leaders: bool = True):
+        self.base, self.rungs, self.reduction_factor, self.leaders = base, rungs, reduction_factor, leaders
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if self.base.prune(study, trial):
+            return True
+        step = trial.last_step
+        if step is None or step not in self.rungs(study, trial):
+            return False
+        others = [t for t in study.get_trials(deepcopy=False, states=BUDGET_STATES)
+                  if t.number != trial.number and step in t.intermediate_values]
+        value = trial.intermediate_values[step]
+        if self.leaders and all(value > t.intermediate_values[step] for t in others):
+            return False
+        went_on = sum(max(t.intermediate_values) > step for t in others)
+        return went_on + 1 > math.ceil((len(others) + 1) / self.reduction_factor)
 
 
 class ChancePruner(optuna.pruners.BasePruner):

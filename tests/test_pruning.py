@@ -125,3 +125,43 @@ def test_a_trial_ahead_of_the_study_at_its_rung_goes_on(tmp_path):
     ahead = [v + 0.02 for v in LEADER]
     study = hyperband_search(tmp_path, lambda s: make_pruner("hyperband", s), [LEADER, ahead, ahead, ahead])
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+
+
+def _halving_with_quota(leaders: bool):
+    from search.optuna_driver import PromotionQuota, halving_rungs
+
+    def make(space):
+        low, high = space.budget.min_epochs, space.budget.epochs
+        base = optuna.pruners.SuccessiveHalvingPruner(min_resource=low, reduction_factor=REDUCTION_FACTOR)
+        rungs = halving_rungs(low, high)
+        return ChancePruner(PromotionQuota(base, lambda study, trial: rungs, leaders=leaders), min_step=low, max_step=high)
+    return make
+
+
+def test_halving_rungs_are_below_the_last_epoch():
+    from search.optuna_driver import halving_rungs
+
+    assert halving_rungs(2, 12) == [2, 6] and halving_rungs(2, 18) == [2, 6] and halving_rungs(2, 12, 4) == [2, 8]
+    assert halving_rungs(3, 3) == []
+
+
+def test_a_quota_holds_each_rung_to_a_third_when_every_trial_improves_on_the_last(tmp_path):
+    # An improving sampler: each trial is behind the leader but ahead of every trial before it, so
+    # successive halving, ranking it against those, lets more than a third through its rung at 2.
+    curves = [LEADER] + [behind(9 - n) for n in range(1, 9)]
+    plain = hyperband_search(tmp_path / "plain", lambda s: make_pruner("halving", s), curves)
+    quota = hyperband_search(tmp_path / "quota", _halving_with_quota(leaders=True), curves)
+    past = lambda study: [t.number for t in study.trials if max(t.intermediate_values) > 2]  # noqa: E731
+    assert past(plain) == [0, 5, 6, 7, 8]
+    assert past(quota) == [0, 5, 6]  # ceil(9 / 3): three of the nine that reached epoch 2
+    assert sum(len(t.intermediate_values) for t in quota.trials) < sum(len(t.intermediate_values) for t in plain.trials)
+
+
+def test_a_trial_ahead_of_every_other_at_its_rung_goes_on_past_a_full_quota_unless_strict(tmp_path):
+    curves = [[v + 0.01 * n for v in LEADER] for n in range(6)]  # each ahead of all before it
+    leaders = hyperband_search(tmp_path / "leaders", _halving_with_quota(leaders=True), curves)
+    strict = hyperband_search(tmp_path / "strict", _halving_with_quota(leaders=False), curves)
+    assert [t.state for t in leaders.trials] == [TrialState.COMPLETE] * 6
+    # strict: trial 1 finds trial 0 gone on from epoch 2 and ceil(2 / 3) = 1 place: pruned, though ahead;
+    # a second place opens with the fourth trial at the rung (trial 3), which then meets a full rung at 6
+    assert [(t.number, max(t.intermediate_values)) for t in strict.trials] == [(0, 12), (1, 2), (2, 2), (3, 6), (4, 2), (5, 2)]
