@@ -3,11 +3,14 @@
     python benchmarks/replay_pruners.py --storage sqlite:///RUN/optuna.db --study bench-random \
         [--min-epochs 2] [--workers 2] [--draws 200]
 
-Reads a study run without pruning (bench_search.py's random arm: every trial trained to the end) and
-replays its curves through each pruner with `search.replay`: the same configurations in the same
-order, on as many simulated workers as the run had, each epoch taking the seconds it took. For each
-pruner it prints the epoch-equivalents it would have spent, the ratio to training everything, and the
-best validation accuracy among the trials it would have let finish, against the run's own best.
+Reads a study run without pruning (bench_search.py's random arm, or its tpe arm for the configurations
+of a sampler that improves: every trial trained to the end) and replays its curves through each pruner
+with `search.replay`: the same configurations in the same order, on as many simulated workers as the
+run had, each epoch taking the seconds it took. For each pruner it prints the epoch-equivalents it
+would have spent, the ratio to training everything, and the best validation accuracy among the trials
+it would have let finish, against the run's own best. First it prints the floor: what training in full
+only the trials that became the best so far, and stopping every other at the first epoch a pruner may,
+would cost.
 
 Hyperband puts trials in brackets by a hash of the study name and the trial number, so one replay is one
 draw of that assignment. The first table uses the name the default arm of bench_search.py has
@@ -70,6 +73,21 @@ def pruners(space) -> list[tuple[str, object, bool]]:
     ]
 
 
+def frontier(curves, min_epochs: int) -> tuple[list[int], int]:
+    """(the trials that became the best so far, in trial order; the epochs of training those in full and
+    stopping every other trial at `min_epochs`, or where it ended if sooner)."""
+    bests, best, epochs = [], float("-inf"), 0
+    for c in curves:
+        value = max(c.values, default=float("-inf"))
+        if value > best and not c.failed:
+            bests.append(c.number)
+            best = value
+            epochs += len(c.values)
+        else:
+            epochs += min(len(c.values), min_epochs)
+    return bests, epochs
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--storage", required=True, help="the run's storage URL, e.g. sqlite:///RUN/optuna.db")
@@ -109,7 +127,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study      {args.study}: {len(curves)} trials, at most {epochs} epochs, subset {subset:g}; "
               f"pruning from epoch {space.budget.min_epochs}; {args.workers} simulated worker(s)")
         print(f"no pruning {baseline.epochs} epochs = {baseline.epoch_equivalents:.2f} epoch-equivalents, "
-              f"best {truth.value:.4f} (trial {truth.number})\n")
+              f"best {truth.value:.4f} (trial {truth.number})")
+        bests, least = frontier(curves, space.budget.min_epochs)
+        print(f"the floor  {least} epochs, {baseline.epochs / least:.2f}x fewer: every trial that became the best so far "
+              f"({', '.join(map(str, bests))}) trained in full, every other stopped at epoch {space.budget.min_epochs}; "
+              f"no pruner keeps every new best for less\n")
 
         print(f"brackets as in a study named {args.name!r}:")
         for label, make, _ in pruners(space):
