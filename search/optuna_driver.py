@@ -103,7 +103,10 @@ def make_pruner(name: str, space: Space) -> optuna.pruners.BasePruner:
     elif name == "median":
         base = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=budget.min_epochs)
     elif name == "halving":
-        base = optuna.pruners.SuccessiveHalvingPruner(min_resource=budget.min_epochs, reduction_factor=REDUCTION_FACTOR)
+        rungs = halving_rungs(budget.min_epochs, budget.epochs)
+        base = PromotionQuota(
+            optuna.pruners.SuccessiveHalvingPruner(min_resource=budget.min_epochs, reduction_factor=REDUCTION_FACTOR),
+            lambda study, trial: rungs)
     elif name == "none":
         return optuna.pruners.NopPruner()
     else:
@@ -182,7 +185,9 @@ class PromotionQuota(optuna.pruners.BasePruner):
     search's cost is bounded by its budget; the leader's exception keeps a trial that is ahead of the
     whole study at the rung from waiting for a later trial to free a place.
 
-    `rungs(study, trial)` gives the epochs at which the wrapped pruner ranks `trial`.
+    `rungs(study, trial)` gives the epochs at which the wrapped pruner ranks `trial`. The `halving`
+    pruner is successive halving with this quota. Two workers reaching a rung at once may both take its
+    last place: the share can be passed by one trial a rung.
     """
 
     def __init__(self, base: optuna.pruners.BasePruner, rungs: Callable[[optuna.Study, optuna.trial.FrozenTrial], list[int]],
