@@ -140,11 +140,8 @@ class PooledHyperband(optuna.pruners.BasePruner):
 
     def rung_steps(self, bracket: int) -> list[int]:
         """The epochs at which a trial of `bracket` is ranked: min_resource x eta^(bracket + k)."""
-        steps, step = [], self.min_resource * self.reduction_factor ** bracket
-        while step <= self.max_resource:
-            steps.append(step)
-            step *= self.reduction_factor
-        return steps
+        return halving_rungs(self.min_resource * self.reduction_factor ** bracket, self.max_resource,
+                             self.reduction_factor)
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         if self.hyperband.prune(study, trial):
@@ -164,9 +161,10 @@ class PooledHyperband(optuna.pruners.BasePruner):
 
 
 def halving_rungs(min_resource: int, max_resource: int, reduction_factor: int = REDUCTION_FACTOR) -> list[int]:
-    """The epochs at which successive halving ranks a trial: min_resource x eta^k below max_resource."""
+    """The epochs at which successive halving ranks a trial: min_resource x eta^k up to max_resource
+    (a rung at the last epoch prunes nothing: `ChancePruner` never prunes there)."""
     steps, step = [], min_resource
-    while step < max_resource:
+    while step <= max_resource:
         steps.append(step)
         step *= reduction_factor
     return steps

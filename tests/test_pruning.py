@@ -145,11 +145,11 @@ def _halving_with_quota(leaders: bool):
     return make
 
 
-def test_halving_rungs_are_below_the_last_epoch():
+def test_halving_rungs_go_up_to_the_last_epoch():
     from search.optuna_driver import halving_rungs
 
-    assert halving_rungs(2, 12) == [2, 6] and halving_rungs(2, 18) == [2, 6] and halving_rungs(2, 12, 4) == [2, 8]
-    assert halving_rungs(3, 3) == []
+    assert halving_rungs(2, 12) == [2, 6] and halving_rungs(2, 18) == [2, 6, 18] and halving_rungs(2, 12, 4) == [2, 8]
+    assert halving_rungs(3, 3) == [3] and halving_rungs(6, 5) == []
 
 
 def test_a_quota_holds_each_rung_to_a_third_when_every_trial_improves_on_the_last(tmp_path):
