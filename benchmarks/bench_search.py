@@ -86,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n[1] default search: best {d['best']:.4f} with {d['ee']:.2f} epoch-equivalents; random without "
                   f"pruning: best {r['best']:.4f} with {r['ee']:.2f}. Accuracy gap {100 * (d['best'] - r['best']):+.1f} "
                   f"points (target >= -1.0), {r['ee'] / d['ee']:.2f}x fewer epoch-equivalents (target >= 3x)")
+            k = common_prefix(d, r)
+            if k < max(len(d["trials"]), len(r["trials"])):
+                # an arm stopped early (a timeout): compare the two over the trials both ran, numbers 0 to k-1
+                dk, rk = prefix(d, k, args.subset), prefix(r, k, args.subset)
+                print(f"[1] over the trials both arms finished (numbers 0-{k - 1}): default best {dk['best']:.4f} with "
+                      f"{dk['ee']:.2f} epoch-equivalents; random best {rk['best']:.4f} with {rk['ee']:.2f}. Accuracy gap "
+                      f"{100 * (dk['best'] - rk['best']):+.1f} points, {rk['ee'] / dk['ee']:.2f}x fewer epoch-equivalents")
         elif "default" in results:
             # Without pruning every trial that counts in the budget trains every epoch, so the random arm
             # costs at least trials x epochs without being run (a failed trial's epochs come on top: the
@@ -134,6 +141,26 @@ def summarize(storage: str, name: str, subset: float) -> dict:
             "epochs": sum(t["epochs"] for t in counted), "best": best["value"] if best else float("nan"),
             "best_trial": best["number"] if best else None,
             "retried_epochs": sum(t["epochs"] for t in trials if t["retried"])}
+
+
+def common_prefix(*arms: dict) -> int:
+    """The largest k such that every arm has finished each of its trials numbered below k."""
+    k = min(len(s["trials"]) for s in arms)
+    for s in arms:
+        running = [t["number"] for t in s["trials"] if t["state"] not in FINISHED]
+        k = min([k, *running])
+    return k
+
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+
+
+def prefix(s: dict, k: int, subset: float) -> dict:
+    """An arm's cost and best over its trials numbered below k, as `summarize` counts them."""
+    trials = [t for t in s["trials"] if t["number"] < k]
+    complete = [t for t in trials if t["state"] == "COMPLETE"]
+    return {"ee": sum(t["epochs"] for t in trials if not t["retried"]) * subset,
+            "best": max((t["value"] for t in complete), default=float("nan"))}
 
 
 def print_arm(arm: str, s: dict) -> None:
