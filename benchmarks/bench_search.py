@@ -10,7 +10,9 @@ of epochs run x subset, and its result is its best validation accuracy. Cost and
 depend on the machine's load; the wall times printed beside them do.
 
 With a kept --workdir, running the same command again resumes an unfinished arm and reuses a
-finished one (its wall time then reads "reused").
+finished one (its wall time then reads "reused"); with --summary-only it runs nothing and prints the
+figures of the arms as they stand. When one arm stopped early (a --timeout in --common), the two arms
+are also compared over the trials both finished.
 """
 from __future__ import annotations
 
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="keep the studies and outputs here (default: a temp folder)")
     p.add_argument("--extra", default="", help="more search.run flags for the default arm, e.g. '--min-epochs 2'")
     p.add_argument("--common", default="", help="search.run flags for every arm, e.g. '--set base_filters=16'")
+    p.add_argument("--summary-only", action="store_true", help="run nothing: print the figures of the arms "
+                   "already in --workdir, as they stand")
     args = p.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -60,7 +64,13 @@ def main(argv: list[str] | None = None) -> int:
               f"seed {args.seed}{'; every arm ' + args.common if args.common else ''}; arms {', '.join(arms)}; "
               f"studies in {storage}", flush=True)
         results = {}
+        if args.summary_only and not args.workdir:
+            p.error("--summary-only reads the studies in --workdir: give it")
         for arm in arms:
+            if args.summary_only:
+                results[arm] = summarize(storage, f"bench-{arm}", args.subset) | {"wall": None, "read_only": True}
+                print_arm(arm, results[arm])
+                continue
             flags = ARMS[arm] + args.common.split() + (args.extra.split() if arm == "default" else [])
             command = [sys.executable, "-m", "search.run", "--space", args.space, "--trials", str(args.trials),
                        "--epochs", str(args.epochs), "--subset", str(args.subset), "--seed", str(args.seed),
@@ -164,7 +174,7 @@ def prefix(s: dict, k: int, subset: float) -> dict:
 
 
 def print_arm(arm: str, s: dict) -> None:
-    wall = "reused" if s["wall"] is None else f"{s['wall'] / 60:.1f} min"
+    wall = "not run here" if s.get("read_only") else "reused" if s["wall"] is None else f"{s['wall'] / 60:.1f} min"
     failed = f"; {s['retried_epochs']} more epochs in failed trials run again, not counted" if s["retried_epochs"] else ""
     print(f"{arm}: {len(s['trials'])} trials, {s['epochs']} epochs = {s['ee']:.2f} epoch-equivalents, best "
           f"{s['best']:.4f} (trial {s['best_trial']}), wall {wall}{failed}")
