@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         p.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
+    if args.summary_only and not args.workdir:
+        p.error("--summary-only reads the studies in --workdir: give it")
 
     import tempfile
 
@@ -64,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
               f"seed {args.seed}{'; every arm ' + args.common if args.common else ''}; arms {', '.join(arms)}; "
               f"studies in {storage}", flush=True)
         results = {}
-        if args.summary_only and not args.workdir:
-            p.error("--summary-only reads the studies in --workdir: give it")
         for arm in arms:
             if args.summary_only:
                 results[arm] = summarize(storage, f"bench-{arm}", args.subset) | {"wall": None, "read_only": True}
