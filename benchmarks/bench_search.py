@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"points (target >= -1.0), {r['ee'] / d['ee']:.2f}x fewer epoch-equivalents (target >= 3x)")
             k = common_prefix(d, r)
             if k < max(len(d["trials"]), len(r["trials"])):
-                # an arm stopped early (a timeout): compare the two over the trials both ran, numbers 0 to k-1
+                # an arm stopped early (a timeout): the line above compares unequal runs; compare the two
+                # over the trials both ran, numbers 0 to k-1
+                print(f"    (unequal runs: the default arm has {len(d['trials'])} trials, the random arm "
+                      f"{len(r['trials'])}; the line below is the comparison)")
                 dk, rk = prefix(d, k, args.subset), prefix(r, k, args.subset)
                 print(f"[1] over the trials both arms finished (numbers 0-{k - 1}): default best {dk['best']:.4f} with "
                       f"{dk['ee']:.2f} epoch-equivalents; random best {rk['best']:.4f} with {rk['ee']:.2f}. Accuracy gap "
