@@ -54,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}")
     if args.summary_only and not args.workdir:
-        p.error("--summary-only reads the studies in --workdir: give it")
+        p.error("--summary-only reads the studies of an earlier run: give its --workdir")
+    if args.summary_only and not (args.workdir / "optuna.db").is_file():
+        p.error(f"--summary-only reads {args.workdir / 'optuna.db'}, which is not there: give the --workdir of "
+                f"an earlier run")
 
     import tempfile
 
@@ -68,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         results = {}
         for arm in arms:
             if args.summary_only:
+                if not count_finished(storage, f"bench-{arm}"):
+                    p.error(f"{storage} holds no finished trial of study bench-{arm}: run that arm first, or "
+                            f"leave {arm} out of --arms")
                 results[arm] = summarize(storage, f"bench-{arm}", args.subset) | {"wall": None, "read_only": True}
                 print_arm(arm, results[arm])
                 continue
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 # over the trials both ran, numbers 0 to k-1
                 print(f"    (unequal runs: the default arm has {len(d['trials'])} trials, the random arm "
                       f"{len(r['trials'])}; the line below is the comparison)")
-                dk, rk = prefix(d, k, args.subset), prefix(r, k, args.subset)
+                dk, rk = (totals([t for t in x["trials"] if t["number"] < k], args.subset) for x in (d, r))
                 print(f"[1] over the trials both arms finished (numbers 0-{k - 1}): default best {dk['best']:.4f} with "
                       f"{dk['ee']:.2f} epoch-equivalents; random best {rk['best']:.4f} with {rk['ee']:.2f}. Accuracy gap "
                       f"{100 * (dk['best'] - rk['best']):+.1f} points, {rk['ee'] / dk['ee']:.2f}x fewer epoch-equivalents")
@@ -147,33 +153,28 @@ def summarize(storage: str, name: str, subset: float) -> dict:
                        "reached": max(t.intermediate_values.values(), default=None), "retried": t.number in retried,
                        "epochs": epochs, "default_point": bool(t.user_attrs.get("default_point")),
                        "params": t.params})
+    return {"trials": trials, **totals(trials, subset),
+            "retried_epochs": sum(t["epochs"] for t in trials if t["retried"])}
+
+
+def totals(trials: list[dict], subset: float) -> dict:
+    """Epochs and epoch-equivalents of `trials` (a retried failure's left out) and their best value."""
     complete = [t for t in trials if t["state"] == "COMPLETE"]
     best = max(complete, key=lambda t: t["value"]) if complete else None
-    counted = [t for t in trials if not t["retried"]]
-    return {"trials": trials, "ee": sum(t["epochs"] for t in counted) * subset,
-            "epochs": sum(t["epochs"] for t in counted), "best": best["value"] if best else float("nan"),
-            "best_trial": best["number"] if best else None,
-            "retried_epochs": sum(t["epochs"] for t in trials if t["retried"])}
+    epochs = sum(t["epochs"] for t in trials if not t["retried"])
+    return {"epochs": epochs, "ee": epochs * subset, "best": best["value"] if best else float("nan"),
+            "best_trial": best["number"] if best else None}
+
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def common_prefix(*arms: dict) -> int:
     """The largest k such that every arm has finished each of its trials numbered below k."""
     k = min(len(s["trials"]) for s in arms)
     for s in arms:
-        running = [t["number"] for t in s["trials"] if t["state"] not in FINISHED]
-        k = min([k, *running])
+        k = min([k, *(t["number"] for t in s["trials"] if t["state"] not in FINISHED)])
     return k
-
-
-FINISHED = ("COMPLETE", "PRUNED", "FAIL")
-
-
-def prefix(s: dict, k: int, subset: float) -> dict:
-    """An arm's cost and best over its trials numbered below k, as `summarize` counts them."""
-    trials = [t for t in s["trials"] if t["number"] < k]
-    complete = [t for t in trials if t["state"] == "COMPLETE"]
-    return {"ee": sum(t["epochs"] for t in trials if not t["retried"]) * subset,
-            "best": max((t["value"] for t in complete), default=float("nan"))}
 
 
 def print_arm(arm: str, s: dict) -> None:
