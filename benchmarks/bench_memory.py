@@ -28,10 +28,10 @@ from pathlib import Path
 import benchlib
 
 SPEED_EPOCHS, SPEED_SUBSET = 4, 0.25  # part 3: each process trains the default point this long
-ONEDNN_SYSTEM_ALLOCATOR = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"  # TensorFlow reads it once, making its allocator
 SETUPS = {  # how a process is set up before TensorFlow is imported; part 2's search.run inherits the variable
-    "search": "as search.run: malloc's arenas capped; oneDNN's tensors in TensorFlow's pool",
-    "malloc": f"malloc's arenas capped; oneDNN's tensors through malloc ({ONEDNN_SYSTEM_ALLOCATOR}=1)",
+    "search": "as search.run: malloc's arenas capped, its blocks on its heaps; oneDNN's tensors through malloc",
+    "pool": "malloc's arenas capped; oneDNN's tensors in TensorFlow's pool (search.run's until 2026-12-05)",
+    "malloc": "malloc's arenas capped; oneDNN's tensors through malloc, which maps blocks over 32 MiB afresh",
     "none": "glibc's and TensorFlow's defaults",
 }
 
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                    "speed under two set-ups (default: 1,2)")
     p.add_argument("--setup", choices=SETUPS, default="search", help="part 1: how this process is set up "
                    "(default: search, as search.run)")
-    p.add_argument("--speed-setups", default="search,malloc", help="part 3: the two set-ups compared, comma-separated "
-                   "(default: search,malloc)")
+    p.add_argument("--speed-setups", default="search,pool", help="part 3: the two set-ups compared, comma-separated "
+                   "(default: search,pool)")
     p.add_argument("--speed-set", action="append", default=[], metavar="KEY=VALUE", help="part 3: train the default "
                    "point with this changed (repeatable), e.g. --speed-set batch_size=128")
     p.add_argument("--speed-rounds", type=int, default=2, help="part 3: process pairs, one set up each way "
@@ -88,9 +88,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def set_up(setup: str) -> str:
     """Set this process up as SETUPS[setup] says, before TensorFlow is imported; says what took."""
-    from search.memory import ARENAS, cap_malloc_arenas
+    from search.memory import ARENAS, ONEDNN_SYSTEM_ALLOCATOR, cap_malloc_arenas, set_up_allocation
 
-    os.environ[ONEDNN_SYSTEM_ALLOCATOR] = "1" if setup == "malloc" else "0"  # whatever the environment said
+    os.environ.pop(ONEDNN_SYSTEM_ALLOCATOR, None)  # whatever the environment said
+    if setup == "search":
+        return set_up_allocation()
+    os.environ[ONEDNN_SYSTEM_ALLOCATOR] = "1" if setup == "malloc" else "0"
     capped = setup != "none" and cap_malloc_arenas()
     return f"arenas capped at {ARENAS}: {capped}, {ONEDNN_SYSTEM_ALLOCATOR}={os.environ[ONEDNN_SYSTEM_ALLOCATOR]}"
 

@@ -5,25 +5,33 @@ contend their own arenas (up to 8 per core), and keeps what is freed in them for
 trial's model is dropped and collected, its memory is free but stays resident, scattered over
 arenas, and each new model lands partly elsewhere. Over 20 small trials in one process that read
 +257 MiB; trimming the arenas after each trial, +82 MiB; capping them at two as well, +8 MiB
-(benchmarks/bench_memory.py, docs/performance.md). Elsewhere than glibc both are no-ops.
+(benchmarks/bench_memory.py, docs/performance.md). Elsewhere than glibc all of this is a no-op.
 
 Where TensorFlow runs its oneDNN kernels (by default on CPUs with AVX512_VNNI, AVX512_BF16 or AMX),
-tensors of 4 KiB or more come from a pool of its own instead, which keeps the most any trial held and
-which the trim cannot reach (+256 MiB over those 20 trials on such a CPU). TensorFlow's
-TF_ONEDNN_USE_SYSTEM_ALLOCATOR=1 sends them to malloc too; it is left to the user, since 32 filters at
-batch 128 trained 1.2x slower that way (docs/performance.md, section 4). What the pool holds idle is
-memory the next trial's tensors reuse, not growth: `pool_idle_mb` reads it, and the search's memory
-watch leaves it out.
+tensors of 4 KiB or more come by default from a pool of its own, which keeps the most any trial held
+and which the trim cannot reach (+256 to +301 MiB over those 20 trials on such CPUs).
+`set_up_allocation` sends them to malloc instead (TensorFlow's TF_ONEDNN_USE_SYSTEM_ALLOCATOR), where
+the trim reaches them, and has malloc serve even its largest blocks from its heaps: glibc maps every
+block over 32 MiB afresh and unmaps it when freed, so a wide model at batch 128, whose activations
+are such blocks, paid page faults at every step and trained 1.2x slower through malloc than from the
+pool; from the heap it trained 1.15x faster than from the pool, the default point as fast, and over 20
+trials in one process memory grew +81 MiB where the pool kept +301, at a higher peak (2088 against
+1503 MiB; section 4 of docs/performance.md). What a
+pool holds idle is memory the next trial's tensors reuse, not growth: `pool_idle_mb` reads it, and
+the search's memory watch leaves it out, for a user who keeps the pool
+(TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0).
 """
 from __future__ import annotations
 
 import functools
 import gc
+import os
 import platform
 import sys
 
-_M_ARENA_MAX = -8  # mallopt's parameter number in glibc's malloc.h
+_M_ARENA_MAX, _M_MMAP_MAX = -8, -4  # mallopt's parameter numbers in glibc's malloc.h
 ARENAS = 2
+ONEDNN_SYSTEM_ALLOCATOR = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"  # TensorFlow reads it once, making its CPU allocator
 
 
 @functools.cache
@@ -46,6 +54,27 @@ def cap_malloc_arenas(arenas: int = ARENAS) -> bool:
     medians, 1.01x by the fastest epochs; bench_memory.py --parts 3)."""
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
+
+
+def keep_blocks_on_heap() -> bool:
+    """Have malloc serve every block from its heaps, never from a mapping of its own; True if it took.
+    Freed, such blocks stay resident until `return_freed_memory` trims them (after every trial), and
+    the next step's tensors reuse them without a page fault."""
+    libc = _glibc()
+    return bool(libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1)
+
+
+def set_up_allocation() -> str:
+    """Set up this process's memory as a search runs it, before TensorFlow is imported (search.run does,
+    first thing): malloc's arenas capped, its blocks kept on its heaps, and oneDNN's tensors sent to
+    malloc unless TF_ONEDNN_USE_SYSTEM_ALLOCATOR is set already. Says what took. Where malloc is not
+    glibc's there is nothing to trim with, and nothing is changed."""
+    if _glibc() is None:
+        return "not glibc: allocation left as it is"
+    capped, on_heap = cap_malloc_arenas(), keep_blocks_on_heap()
+    os.environ.setdefault(ONEDNN_SYSTEM_ALLOCATOR, "1")
+    return (f"malloc's arenas capped at {ARENAS}: {capped}; blocks kept on its heaps: {on_heap}; "
+            f"{ONEDNN_SYSTEM_ALLOCATOR}={os.environ[ONEDNN_SYSTEM_ALLOCATOR]}")
 
 
 def return_freed_memory(*, collect: bool = True) -> None:

@@ -106,7 +106,7 @@ def configure_space(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
-    memory.cap_malloc_arenas()  # before TensorFlow starts its threads (search/memory.py)
+    memory.set_up_allocation()  # before TensorFlow is imported (search/memory.py)
     if args.list:
         print(list_spaces_text())
         return 0

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from search.cli import UsageError, add_data_flags, check_writable, fail, parse_overrides, quiet_tensorflow
+from search.memory import set_up_allocation
 from search.run import JIT, PRECISIONS
 
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_tensorflow()
+    set_up_allocation()  # as search.run trains its trials (search/memory.py)
     from fer_models.resnet_transfer import WeightsUnavailableError
     from search.data import DataError
     from search.space import SpaceError, load_space

@@ -132,3 +132,53 @@ def test_the_pool_reading_is_what_tensorflow_keeps_idle():
     out = subprocess.run([sys.executable, "-c", "from search.memory import pool_idle_mb; print(pool_idle_mb())"],
                          cwd=REPO, capture_output=True, text=True, check=True)
     assert float(out.stdout) == 0.0
+
+
+@glibc
+def test_the_allocation_set_up_takes_and_leaves_a_users_choice():
+    code = ("import os; from search.memory import set_up_allocation; print(set_up_allocation()); "
+            "print(os.environ['TF_ONEDNN_USE_SYSTEM_ALLOCATOR'])")
+
+    def run(**env: str) -> list[str]:
+        clean = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"}
+        out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True,
+                             env=clean | env)
+        return out.stdout.splitlines()
+
+    said, value = run()
+    assert "capped at 2: True" in said and "heaps: True" in said and value == "1"
+    assert run(TF_ONEDNN_USE_SYSTEM_ALLOCATOR="0")[1] == "0"  # a user who keeps TensorFlow's pool keeps it
+
+
+@glibc
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="TensorFlow's oneDNN kernels are x86's here")
+def test_a_search_process_hands_back_large_tensors_kept_on_the_heap():
+    """Set up as search.run, under oneDNN, two 128 MiB tensors come from malloc's heap (no mapping of their
+    own, so the next step's reuse the pages without faulting them in again), and go back to the system
+    once freed and trimmed."""
+    script = textwrap.dedent("""
+        from search.memory import pool_idle_mb, resident_mb, return_freed_memory, set_up_allocation
+        set_up_allocation()
+        import tensorflow as tf
+
+        def heap_mb():
+            for line in open("/proc/self/maps"):
+                if line.rstrip().endswith("[heap]"):
+                    start, end = (int(a, 16) for a in line.split()[0].split("-"))
+                    return (end - start) / 2**20
+            return 0.0
+
+        tf.ones([1024, 1024]).numpy()
+        return_freed_memory()
+        before = resident_mb()
+        held = [tf.fill([32, 1024, 1024], float(i)) for i in range(2)]  # 2 x 128 MiB
+        on_heap = heap_mb()
+        del held
+        return_freed_memory()
+        print(on_heap, resident_mb() - before, pool_idle_mb())
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"}
+    out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True,
+                         env=env | {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    on_heap, kept, idle = map(float, out.stdout.split()[-3:])
+    assert on_heap > 256 and kept < 30 and idle == 0, (on_heap, kept, idle)
