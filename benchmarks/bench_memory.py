@@ -9,7 +9,8 @@ every model. The process is set up first as `--setup` says (SETUPS below; by def
 sets itself up). Part 2 runs the same search as `python -m search.run` (which goes on in a fresh
 process, same PID, once memory grows past --memory-limit) and samples the child's VmRSS from
 /proc/PID/status while it runs. Part 3 (`--parts 3`) times steady training epochs in fresh processes
-set up each way `--speed-setups` names, alternating: what a set-up costs in speed. Prints figures;
+set up each way `--speed-setups` names, alternating: what a set-up costs in speed; it counts the minor
+page faults of each steady epoch too (a tensor whose pages the allocator gave back faults them in again). Prints figures;
 asserts nothing.
 """
 from __future__ import annotations
@@ -116,10 +117,11 @@ def speed(args) -> None:
             if out.returncode:  # say why, not only that the child failed
                 lines = out.stderr.strip().splitlines() or ["no output"]
                 raise SystemExit(f"part 3: the {setup} process failed: {lines[-1]}")
-            seconds, rss = json.loads(out.stdout.strip().splitlines()[-1])
+            seconds, rss, faults = json.loads(out.stdout.strip().splitlines()[-1])
             epochs[setup] += seconds
             print(f"  round {r + 1} {setup:<7} steady training epochs {', '.join(f'{s:.2f}' for s in seconds)} s, "
-                  f"{rss:.0f} MiB after", flush=True)
+                  f"{rss:.0f} MiB after; minor page faults a steady epoch (validation included) "
+                  f"{', '.join(str(f) for f in faults)}", flush=True)
     a, b = benchlib.median(epochs[first]), benchlib.median(epochs[second])
     print(f"[4] set up as {first}: a steady training epoch {a:.2f} s against {b:.2f} s as {second} (medians): "
           f"{b / a:.3f}x the speed (fastest: {min(epochs[second]) / min(epochs[first]):.3f}x)")
@@ -138,9 +140,24 @@ def speed_child(args) -> int:
     if args.speed_set:
         space = space.with_fixed(parse_overrides(args.speed_set))
     objective = Objective(load_fer2013(args.data, labels=space.labels), space, log=None)
-    timer = benchlib.epoch_timer(per_batch=True)
-    objective(space.defaults(), callbacks=[timer])
-    print(json.dumps([timer.train_seconds[1:], benchlib.rss_mb()]))
+    import resource
+
+    import keras
+
+    class Faults(keras.callbacks.Callback):  # after the objective's own callbacks: validation included
+        def __init__(self):
+            super().__init__()
+            self.counts: list[int] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.begun = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.begun)
+
+    timer, faults = benchlib.epoch_timer(per_batch=True), Faults()
+    objective(space.defaults(), callbacks=[timer, faults])
+    print(json.dumps([timer.train_seconds[1:], benchlib.rss_mb(), faults.counts[1:]]))
     return 0
 
 

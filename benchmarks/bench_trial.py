@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         p.error("--epochs must be at least 2: the first epoch traces and is not timed")
 
+    from search.memory import set_up_allocation
+
+    allocation = set_up_allocation()  # as search.run sets itself up, before TensorFlow is imported
     with benchlib.Machine("bench_trial"):
+        print(f"memory     {allocation}")
         import optuna
 
         from search.data import load_fer2013

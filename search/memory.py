@@ -11,15 +11,15 @@ Where TensorFlow runs its oneDNN kernels (by default on CPUs with AVX512_VNNI, A
 tensors of 4 KiB or more come by default from a pool of its own, which keeps the most any trial held
 and which the trim cannot reach (+256 to +301 MiB over those 20 trials on such CPUs).
 `set_up_allocation` sends them to malloc instead (TensorFlow's TF_ONEDNN_USE_SYSTEM_ALLOCATOR), where
-the trim reaches them, and has malloc serve even its largest blocks from its heaps: glibc maps every
-block over 32 MiB afresh and unmaps it when freed, so a wide model at batch 128, whose activations
-are such blocks, paid page faults at every step and trained 1.2x slower through malloc than from the
-pool; from the heap it trained 1.15x faster than from the pool, the default point as fast, and over 20
-trials in one process memory grew +81 MiB where the pool kept +301, at a higher peak (2088 against
-1503 MiB; section 4 of docs/performance.md). What a
-pool holds idle is memory the next trial's tensors reuse, not growth: `pool_idle_mb` reads it, and
-the search's memory watch leaves it out, for a user who keeps the pool
-(TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0).
+the trim reaches them, and has malloc keep even its largest blocks on its heap, in one arena, until
+the trim: glibc maps every block over 32 MiB afresh and unmaps it when freed, so a wide model at batch
+128, whose activations are such blocks, paid page faults at every step and trained 1.2x slower
+through malloc than from the pool. Set up so, over 20 trials in one process memory grew +81 MiB where
+the pool kept +301, training as fast (1.01x at the default point, 1.00x at 32 filters and batch
+128), at a higher peak
+(2063 against 1503 MiB; section 4 of docs/performance.md). What a pool holds idle is memory the next
+trial's tensors reuse, not growth: `pool_idle_mb` reads it, and the search's memory watch leaves it
+out, for a user who keeps the pool (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import os
 import platform
 import sys
 
-_M_ARENA_MAX, _M_MMAP_MAX = -8, -4  # mallopt's parameter numbers in glibc's malloc.h
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # mallopt's parameter numbers in glibc's malloc.h
 ARENAS = 2
 ONEDNN_SYSTEM_ALLOCATOR = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"  # TensorFlow reads it once, making its CPU allocator
 
@@ -57,23 +57,29 @@ def cap_malloc_arenas(arenas: int = ARENAS) -> bool:
 
 
 def keep_blocks_on_heap() -> bool:
-    """Have malloc serve every block from its heaps, never from a mapping of its own; True if it took.
-    Freed, such blocks stay resident until `return_freed_memory` trims them (after every trial), and
-    the next step's tensors reuse them without a page fault."""
+    """Have malloc serve every block from its heap, never from a mapping of its own, and keep what is
+    freed there until `return_freed_memory` trims it (after every trial); True if it took. The next
+    step's tensors then reuse those pages without faulting them in again. glibc would otherwise give
+    the top of its heap back whenever 128 KiB of it were free (setting mmap's limit stops that
+    threshold from rising), and a validation pass at batch 256 faulted in 155,000-175,000 pages
+    (docs/performance.md, section 4)."""
     libc = _glibc()
-    return bool(libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1)
+    return bool(libc is not None and libc.mallopt(_M_MMAP_MAX, 0) == 1
+                and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1)
 
 
 def set_up_allocation() -> str:
     """Set up this process's memory as a search runs it, before TensorFlow is imported (search.run does,
-    first thing): malloc's arenas capped, its blocks kept on its heaps, and oneDNN's tensors sent to
-    malloc unless TF_ONEDNN_USE_SYSTEM_ALLOCATOR is set already. Says what took. Where malloc is not
-    glibc's there is nothing to trim with, and nothing is changed."""
+    first thing): oneDNN's tensors sent to malloc unless TF_ONEDNN_USE_SYSTEM_ALLOCATOR is set already,
+    malloc's blocks kept on its heap, and one arena: glibc unmaps a second arena's heap whenever it
+    empties, whatever the trim threshold, and its pages fault in again (a probe: 115,000 faults in one
+    validation pass, against hundreds with one arena). Says what took. Where malloc is not glibc's
+    there is nothing to trim with, and nothing is changed."""
     if _glibc() is None:
         return "not glibc: allocation left as it is"
-    capped, on_heap = cap_malloc_arenas(), keep_blocks_on_heap()
+    capped, on_heap = cap_malloc_arenas(1), keep_blocks_on_heap()
     os.environ.setdefault(ONEDNN_SYSTEM_ALLOCATOR, "1")
-    return (f"malloc's arenas capped at {ARENAS}: {capped}; blocks kept on its heaps: {on_heap}; "
+    return (f"malloc's arenas capped at 1: {capped}; blocks kept on its heap until trimmed: {on_heap}; "
             f"{ONEDNN_SYSTEM_ALLOCATOR}={os.environ[ONEDNN_SYSTEM_ALLOCATOR]}")
 
 

@@ -146,7 +146,7 @@ def test_the_allocation_set_up_takes_and_leaves_a_users_choice():
         return out.stdout.splitlines()
 
     said, value = run()
-    assert "capped at 2: True" in said and "heaps: True" in said and value == "1"
+    assert "capped at 1: True" in said and "trimmed: True" in said and value == "1"
     assert run(TF_ONEDNN_USE_SYSTEM_ALLOCATOR="0")[1] == "0"  # a user who keeps TensorFlow's pool keeps it
 
 
