@@ -5,7 +5,8 @@ contend their own arenas (up to 8 per core), and keeps what is freed in them for
 trial's model is dropped and collected, its memory is free but stays resident, scattered over
 arenas, and each new model lands partly elsewhere. Over 20 small trials in one process that read
 +257 MiB; trimming the arenas after each trial, +82 MiB; capping them at two as well, +8 MiB
-(benchmarks/bench_memory.py, docs/performance.md). Elsewhere than glibc all of this is a no-op.
+(benchmarks/bench_memory.py, docs/performance.md); a search now runs with one (`set_up_allocation`).
+Elsewhere than glibc all of this is a no-op.
 
 Where TensorFlow runs its oneDNN kernels (by default on CPUs with AVX512_VNNI, AVX512_BF16 or AMX),
 tensors of 4 KiB or more come by default from a pool of its own, which keeps the most any trial held
@@ -16,10 +17,9 @@ the trim: glibc maps every block over 32 MiB afresh and unmaps it when freed, so
 128, whose activations are such blocks, paid page faults at every step and trained 1.2x slower
 through malloc than from the pool. Set up so, over 20 trials in one process memory grew +81 MiB where
 the pool kept +301, training as fast (1.01x at the default point, 1.00x at 32 filters and batch
-128), at a higher peak
-(2063 against 1503 MiB; section 4 of docs/performance.md). What a pool holds idle is memory the next
-trial's tensors reuse, not growth: `pool_idle_mb` reads it, and the search's memory watch leaves it
-out, for a user who keeps the pool (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0).
+128), at a higher peak (2063 against 1503 MiB; section 4 of docs/performance.md). What a pool holds
+idle is memory the next trial's tensors reuse, not growth: `pool_idle_mb` reads it, and the search's
+memory watch leaves it out, for a user who keeps the pool (TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0).
 """
 from __future__ import annotations
 
