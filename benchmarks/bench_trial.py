@@ -2,7 +2,7 @@
 (target 2), the overhead per trial and the framework's share of a short trial (target 3), and the
 input pipeline alone against what training consumes (target 6).
 
-    python benchmarks/bench_trial.py --data PATH [--subset 0.25] [--epochs 4] [--rounds 2] [--framework-trials 3]
+    python benchmarks/bench_trial.py --data PATH [--subset 0.25] [--epochs 4] [--rounds 2] [--framework-trials 3] [--pool]
 
 Everything runs in one process, side by side: the plain fit and the trial build the same model
 (the space's default point) and read the same tf.data pipeline (`Objective.datasets`), in
@@ -11,6 +11,7 @@ alternating order, so a shared machine's load falls on both. Prints figures; ass
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -30,12 +31,16 @@ def main(argv: list[str] | None = None) -> int:
                    "share is measured (default: 2)")
     p.add_argument("--framework-trials", type=int, default=3, help="short trials whose framework share is "
                    "measured; the median is the figure (default: 3)")
+    p.add_argument("--pool", action="store_true", help="keep oneDNN's tensors in TensorFlow's pool "
+                   "(TF_ONEDNN_USE_SYSTEM_ALLOCATOR=0; search.run's before 2026-12-05), the rest set up as search.run")
     args = p.parse_args(argv)
     if args.epochs < 2:
         p.error("--epochs must be at least 2: the first epoch traces and is not timed")
 
-    from search.memory import set_up_allocation
+    from search.memory import ONEDNN_SYSTEM_ALLOCATOR, set_up_allocation
 
+    if args.pool:  # set_up_allocation leaves a value the environment gives as it is
+        os.environ[ONEDNN_SYSTEM_ALLOCATOR] = "0"
     allocation = set_up_allocation()  # as search.run sets itself up, before TensorFlow is imported
     with benchlib.Machine("bench_trial"):
         print(f"memory     {allocation}")
