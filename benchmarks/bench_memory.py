@@ -30,7 +30,8 @@ import benchlib
 
 SPEED_EPOCHS, SPEED_SUBSET = 4, 0.25  # part 3: each process trains the default point this long
 SETUPS = {  # how a process is set up before TensorFlow is imported; part 2's search.run inherits the variable
-    "search": "as search.run: malloc's arenas capped, its blocks on its heaps; oneDNN's tensors through malloc",
+    "search": "as search.run (set_up_allocation): one malloc arena, its blocks on its heap until trimmed; "
+              "oneDNN's tensors through malloc",
     "pool": "malloc's arenas capped; oneDNN's tensors in TensorFlow's pool (search.run's until 2026-12-05)",
     "malloc": "malloc's arenas capped; oneDNN's tensors through malloc, which maps blocks over 32 MiB afresh",
     "none": "glibc's and TensorFlow's defaults",
