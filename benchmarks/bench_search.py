@@ -28,6 +28,9 @@ import benchlib
 ARMS = {
     "default": [],  # the CLI's defaults: TPE sampler, Hyperband pruner, the space's min_epochs
     "random": ["--sampler", "random", "--pruner", "none"],
+    # Hyperband as its paper defines it: random configurations under the default pruner. Its trials are the
+    # random arm's (the same seeded draw per trial number), so the pair measures what the pruner alone saves
+    "hyperband": ["--sampler", "random"],
     # TPE without pruning: every trial TPE picks trained to the end, so replay_pruners.py can run any pruner
     # over the configurations of an improving sampler (the random arm's are independent draws)
     "tpe": ["--pruner", "none"],
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", default="default,random", help=f"comma-separated, of: {', '.join(ARMS)}")
     p.add_argument("--workdir", type=Path, help="keep the studies and outputs here (default: a temp folder)")
-    p.add_argument("--extra", default="", help="more search.run flags for the default arm, e.g. '--min-epochs 2'")
+    p.add_argument("--extra", default="", help="more search.run flags for the pruned arms (default, hyperband), "
+                   "e.g. '--min-epochs 2'")
     p.add_argument("--common", default="", help="search.run flags for every arm, e.g. '--set base_filters=16'")
     p.add_argument("--summary-only", action="store_true", help="run nothing: print the figures of the arms "
                    "already in --workdir, as they stand")
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[arm] = summarize(storage, f"bench-{arm}", args.subset) | {"wall": None, "read_only": True}
                 print_arm(arm, results[arm])
                 continue
-            flags = ARMS[arm] + args.common.split() + (args.extra.split() if arm == "default" else [])
+            flags = ARMS[arm] + args.common.split() + (args.extra.split() if arm in PRUNED else [])
             command = [sys.executable, "-m", "search.run", "--space", args.space, "--trials", str(args.trials),
                        "--epochs", str(args.epochs), "--subset", str(args.subset), "--seed", str(args.seed),
                        "--study-name", f"bench-{arm}", "--storage", storage, "--results", str(workdir), *flags]
@@ -97,32 +101,38 @@ def main(argv: list[str] | None = None) -> int:
             results[arm]["wall"] = None if before >= args.trials else wall
             print_arm(arm, results[arm])
 
-        if {"default", "random"} <= results.keys():
-            d, r = results["default"], results["random"]
-            print(f"\n[1] default search: best {d['best']:.4f} with {d['ee']:.2f} epoch-equivalents; random without "
-                  f"pruning: best {r['best']:.4f} with {r['ee']:.2f}. Accuracy gap {100 * (d['best'] - r['best']):+.1f} "
-                  f"points (target >= -1.0), {r['ee'] / d['ee']:.2f}x fewer epoch-equivalents (target >= 3x)")
-            k = common_prefix(d, r)
-            if k < max(len(d["trials"]), len(r["trials"])):
-                # an arm stopped early (a timeout): the line above compares unequal runs; compare the two
-                # over the trials both ran, numbers 0 to k-1
-                print(f"    (unequal runs: the default arm has {len(d['trials'])} trials, the random arm "
-                      f"{len(r['trials'])}; the line below is the comparison)")
-                dk, rk = (totals([t for t in x["trials"] if t["number"] < k], args.subset) for x in (d, r))
-                print(f"[1] over the trials both arms finished (numbers 0-{k - 1}): default best {dk['best']:.4f} with "
-                      f"{dk['ee']:.2f} epoch-equivalents; random best {rk['best']:.4f} with {rk['ee']:.2f}. Accuracy gap "
-                      f"{100 * (dk['best'] - rk['best']):+.1f} points, {rk['ee'] / dk['ee']:.2f}x fewer epoch-equivalents")
-        elif "default" in results:
-            # Without pruning every trial that counts in the budget trains every epoch, so the random arm
-            # costs at least trials x epochs without being run (a failed trial's epochs come on top: the
-            # budget counts complete and pruned trials); its best accuracy is not known without it.
-            d, full = results["default"], args.trials * args.epochs * args.subset
-            print(f"\n[1] default search: best {d['best']:.4f} with {d['ee']:.2f} epoch-equivalents; random without "
-                  f"pruning spends at least {args.trials} trials x {args.epochs} epochs = {full:.2f} (more if one of "
-                  f"its trials fails part-way): at least {full / d['ee']:.2f}x fewer epoch-equivalents (target >= 3x); "
-                  f"its best accuracy needs the random arm run")
+        for arm in [a for a in PRUNED if a in results]:
+            compare(arm, results[arm], results.get("random"), args)
         (workdir / "bench_search.json").write_text(json.dumps(results, indent=1))
     return 0
+
+
+def compare(arm: str, d: dict, r: dict | None, args) -> None:
+    """Print target 1's comparison of a pruned arm against the random arm (or its least cost, unrun)."""
+    name = "default search" if arm == "default" else "Hyperband (random configurations, the default pruner)"
+    if r is not None:
+        print(f"\n[1] {name}: best {d['best']:.4f} with {d['ee']:.2f} epoch-equivalents; random without "
+              f"pruning: best {r['best']:.4f} with {r['ee']:.2f}. Accuracy gap {100 * (d['best'] - r['best']):+.1f} "
+              f"points (target >= -1.0), {r['ee'] / d['ee']:.2f}x fewer epoch-equivalents (target >= 3x)")
+        k = common_prefix(d, r)
+        if k < max(len(d["trials"]), len(r["trials"])):
+            # an arm stopped early (a timeout): the line above compares unequal runs; compare the two
+            # over the trials both ran, numbers 0 to k-1
+            print(f"    (unequal runs: the {arm} arm has {len(d['trials'])} trials, the random arm "
+                  f"{len(r['trials'])}; the line below is the comparison)")
+            dk, rk = (totals([t for t in x["trials"] if t["number"] < k], args.subset) for x in (d, r))
+            print(f"[1] over the trials both arms finished (numbers 0-{k - 1}): {arm} best {dk['best']:.4f} with "
+                  f"{dk['ee']:.2f} epoch-equivalents; random best {rk['best']:.4f} with {rk['ee']:.2f}. Accuracy gap "
+                  f"{100 * (dk['best'] - rk['best']):+.1f} points, {rk['ee'] / dk['ee']:.2f}x fewer epoch-equivalents")
+        return
+    # Without pruning every trial that counts in the budget trains every epoch, so the random arm
+    # costs at least trials x epochs without being run (a failed trial's epochs come on top: the
+    # budget counts complete and pruned trials); its best accuracy is not known without it.
+    full = args.trials * args.epochs * args.subset
+    print(f"\n[1] {name}: best {d['best']:.4f} with {d['ee']:.2f} epoch-equivalents; random without "
+          f"pruning spends at least {args.trials} trials x {args.epochs} epochs = {full:.2f} (more if one of "
+          f"its trials fails part-way): at least {full / d['ee']:.2f}x fewer epoch-equivalents (target >= 3x); "
+          f"its best accuracy needs the random arm run")
 
 
 def count_finished(storage: str, name: str) -> int:
@@ -167,6 +177,7 @@ def totals(trials: list[dict], subset: float) -> dict:
 
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+PRUNED = ("default", "hyperband")  # the arms compared with the random one
 
 
 def common_prefix(*arms: dict) -> int:
