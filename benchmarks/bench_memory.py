@@ -149,6 +149,7 @@ def speed_child(args) -> int:
         def __init__(self):
             super().__init__()
             self.counts: list[int] = []
+            self.begun = 0
 
         def on_epoch_begin(self, epoch, logs=None):
             self.begun = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -1,5 +1,6 @@
 """Search efficiency on real FER2013 (target 1): the default search against random search without
-pruning, over the same trials, epochs and training subset.
+pruning, over the same trials, epochs and training subset; the `hyperband` arm is the default pruner
+on random configurations (`--sampler random`), what pruning alone saves.
 
     python benchmarks/bench_search.py --data PATH [--trials 12] [--epochs 9] [--subset 0.25]
 

@@ -30,7 +30,8 @@ import platform
 import sys
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # mallopt's parameter numbers in glibc's malloc.h
-ARENAS = 2
+ARENAS = 2  # the cap measured first (+8 MiB over 20 trials without oneDNN); bench_memory's other set-ups
+SEARCH_ARENAS = 1  # a search's: see set_up_allocation
 ONEDNN_SYSTEM_ALLOCATOR = "TF_ONEDNN_USE_SYSTEM_ALLOCATOR"  # TensorFlow reads it once, making its CPU allocator
 
 
@@ -49,9 +50,10 @@ def _glibc():
 
 def cap_malloc_arenas(arenas: int = ARENAS) -> bool:
     """Let malloc make at most `arenas` arenas from now on; True if it took. Call it before TensorFlow
-    is imported (its thread pools make the arenas): search.run does, first thing. Threads
-    then share arenas: on two cores a training epoch measured the same within noise (0.98x by
-    medians, 1.01x by the fastest epochs; bench_memory.py --parts 3)."""
+    is imported (its thread pools make the arenas): search.run does, first thing, through
+    `set_up_allocation` (SEARCH_ARENAS). Threads then share arenas: on two cores a training epoch
+    measured the same within noise (0.98x by medians, 1.01x by the fastest epochs; bench_memory.py
+    --parts 3)."""
     libc = _glibc()
     return bool(libc is not None and libc.mallopt(_M_ARENA_MAX, arenas) == 1)
 
@@ -77,9 +79,9 @@ def set_up_allocation() -> str:
     there is nothing to trim with, and nothing is changed."""
     if _glibc() is None:
         return "not glibc: allocation left as it is"
-    capped, on_heap = cap_malloc_arenas(1), keep_blocks_on_heap()
+    capped, on_heap = cap_malloc_arenas(SEARCH_ARENAS), keep_blocks_on_heap()
     os.environ.setdefault(ONEDNN_SYSTEM_ALLOCATOR, "1")
-    return (f"malloc's arenas capped at 1: {capped}; blocks kept on its heap until trimmed: {on_heap}; "
+    return (f"malloc's arenas capped at {SEARCH_ARENAS}: {capped}; blocks kept on its heap until trimmed: {on_heap}; "
             f"{ONEDNN_SYSTEM_ALLOCATOR}={os.environ[ONEDNN_SYSTEM_ALLOCATOR]}")
 
 
