@@ -15,7 +15,9 @@ from optuna.trial import TrialState
 
 from search import run
 from search.objective import TrialResult
-from search.optuna_driver import OptunaObjective, SearchStopped, make_pruner, open_study, run_search
+from search.optuna_driver import (ChancePruner, OptunaObjective, PooledHyperband, SearchStopped, make_pruner,
+                                  make_sampler, open_study, run_search)
+from search.optuna_sampling import suggest
 from search.space import list_spaces, load_space
 
 REPO = Path(__file__).resolve().parent.parent
@@ -179,6 +181,28 @@ def test_a_study_of_another_space_is_refused(fer_slice, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "study 'mine' already exists in this storage with another space (resnet_unfreeze" in err
     assert "--fresh" in err and len(study.trials) == 1  # nothing ran
+
+
+def test_the_default_search_is_hyperband_on_random_configurations():
+    """Target 1 (docs/performance.md): by default a study draws trial k as random search does, and prunes with
+    Hyperband; TPE, one flag away, draws other configurations once it has trials to model."""
+    args = run.build_parser().parse_args(["--space", "baseline_cnn"])
+    space = load_space(args.space)
+    pruner = make_pruner(args.pruner, space)
+    assert isinstance(pruner, ChancePruner) and isinstance(pruner.base, PooledHyperband)
+
+    def draws(sampler_name: str) -> list[dict]:
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler_name, args.seed))
+        configs = []
+        for _ in range(10):
+            trial = study.ask()
+            configs.append(suggest(trial, space))
+            study.tell(trial, configs[-1]["dropout"])  # something for TPE to model
+        return configs
+
+    default, random = draws(args.sampler), draws("random")
+    assert default == random
+    assert draws("tpe")[5:] != random[5:]  # TPE's first five trials are random; then it models them
 
 
 def test_help_and_list_run_as_subprocesses():
