@@ -23,7 +23,7 @@ from search.memory import pool_idle_mb, resident_mb, return_freed_memory
 from search.optuna_sampling import enqueue_params, suggest
 from search.space import Space
 
-SAMPLERS = ("tpe", "random", "qmc")
+SAMPLERS = ("random", "tpe", "qmc")
 PRUNERS = ("hyperband", "median", "halving", "none")
 BUDGET_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
 REDUCTION_FACTOR = 3  # successive halving and Hyperband keep the top third at each rung

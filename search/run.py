@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="study to create or resume (default: the space name)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://user@host/db "
                    "(default: $OPTUNA_STORAGE, else sqlite:///RESULTS/optuna.db)")
-    p.add_argument("--sampler", choices=("tpe", "random", "qmc"), default="random", help="default: random, with "
+    p.add_argument("--sampler", choices=("random", "tpe", "qmc"), default="random", help="default: random, with "
                    "the default pruner Hyperband as its paper runs it; tpe models the trials so far: a better best "
                    "per trial, fewer trials stopped early (docs/performance.md, section 1)")
     p.add_argument("--tuner", choices=("hyperband", "bayesian", "random"), default="hyperband", help="KerasTuner algorithm with --driver kerastuner (default: hyperband)")
