@@ -220,6 +220,18 @@ def wait_for_line(log: Path, pattern: str, proc: subprocess.Popen, seconds: floa
     pytest.fail(f"never saw {pattern!r}; the output was:\n{log.read_text()[-3000:]}")
 
 
+def wait_for_stored_epoch(url: str, study_name: str, number: int, proc: subprocess.Popen,
+                          seconds: float = 60) -> None:
+    """Wait until trial `number` of the study has its first epoch's curve in the storage."""
+    study = optuna.load_study(study_name=study_name, storage=url)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None:
+        if study.trials[number].user_attrs.get("history"):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"trial {number} of {study_name!r} never stored its first epoch")
+
+
 @pytest.mark.postgres
 def test_two_local_workers_share_one_study_and_the_parent_writes_the_outputs(small_cnn, pg_url, fer_slice, tmp_path):
     url = with_password(pg_url)  # in the environment, as the README advises: not on any command line
@@ -276,6 +288,8 @@ def test_a_killed_worker_has_its_trial_failed_and_retried_by_the_survivor(small_
             killed = int(wait_for_line(log, r"^\[w1\] trial (\d+) \| epoch   1/2", proc).group(1))
             (pid,) = [pid for pid, (cmdline, _) in worker_processes(str(tmp_path)).items()
                       if "--worker-id 1" in cmdline]
+            # the epoch's line is printed just before its curve is stored: wait for the storage
+            wait_for_stored_epoch(pg_url, "small_cnn", killed, proc)
             os.kill(pid, signal.SIGKILL)  # mid-trial: its first epoch is stored, the second is running
             assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
         finally:
