@@ -19,6 +19,10 @@ from search.cli import UsageError, add_data_flags, check_writable, fail, parse_o
 
 DRIVERS = ("optuna", "kerastuner")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # search.objective.PRECISIONS, without importing Keras
+# The drivers' own, without importing Optuna or KerasTuner (--help answers in well under 2 s); a test keeps them equal
+SAMPLERS = ("random", "tpe", "qmc")  # search.optuna_driver.SAMPLERS; the first is the default
+PRUNERS = ("hyperband", "median", "halving", "none")  # search.optuna_driver.PRUNERS; the first is the default
+TUNERS = ("hyperband", "bayesian", "random")  # search.kerastuner_driver.TUNERS; the first is the default
 JIT = {"auto": None, "on": True, "off": False}
 # Handed from a search to the fresh process it goes on in when its memory grows past --memory-limit.
 RUN_STARTED_ENV = "FER_SEARCH_RUN_STARTED"
@@ -40,11 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study-name", help="study to create or resume (default: the space name)")
     p.add_argument("--storage", metavar="URL", help="Optuna storage URL, e.g. postgresql://user@host/db "
                    "(default: $OPTUNA_STORAGE, else sqlite:///RESULTS/optuna.db)")
-    p.add_argument("--sampler", choices=("random", "tpe", "qmc"), default="random", help="default: random, with "
+    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0], help="default: random, with "
                    "the default pruner Hyperband as its paper runs it; tpe models the trials so far: a better best "
                    "per trial, fewer trials stopped early (docs/performance.md, section 1)")
-    p.add_argument("--tuner", choices=("hyperband", "bayesian", "random"), default="hyperband", help="KerasTuner algorithm with --driver kerastuner (default: hyperband)")
-    p.add_argument("--pruner", choices=("hyperband", "median", "halving", "none"), default="hyperband",
+    p.add_argument("--tuner", choices=TUNERS, default=TUNERS[0],
+                   help="KerasTuner algorithm with --driver kerastuner (default: hyperband)")
+    p.add_argument("--pruner", choices=PRUNERS, default=PRUNERS[0],
                    help="prunes on validation accuracy after every epoch (default: hyperband)")
     p.add_argument("--epochs", type=int, help="most epochs a trial trains (default: the space's budget)")
     p.add_argument("--min-epochs", type=int, help="no pruning before this epoch (default: the space's)")

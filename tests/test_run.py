@@ -207,6 +207,14 @@ def test_the_default_search_is_hyperband_on_random_configurations():
     assert tpe[:5] == random[:5] and tpe[5:] != random[5:]
 
 
+def test_the_command_line_offers_what_the_drivers_and_the_objective_take():
+    """search.run names its choices without importing Optuna, KerasTuner or Keras; they must stay the modules' own."""
+    from search import kerastuner_driver, objective, optuna_driver
+
+    assert run.SAMPLERS == optuna_driver.SAMPLERS and run.PRUNERS == optuna_driver.PRUNERS
+    assert run.TUNERS == kerastuner_driver.TUNERS and run.PRECISIONS == objective.PRECISIONS
+
+
 def test_help_and_list_run_as_subprocesses():
     env = os.environ | {"PYTHONPATH": str(REPO)}
     started = time.perf_counter()

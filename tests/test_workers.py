@@ -229,7 +229,8 @@ def wait_for_stored_epoch(url: str, study_name: str, number: int, proc: subproce
         if study.trials[number].user_attrs.get("history"):
             return
         time.sleep(0.02)
-    pytest.fail(f"trial {number} of {study_name!r} never stored its first epoch")
+    ended = "" if proc.poll() is None else f" (the search exited with {proc.returncode})"
+    pytest.fail(f"trial {number} of {study_name!r} never stored its first epoch{ended}")
 
 
 @pytest.mark.postgres
