@@ -210,6 +210,7 @@ class Objective:
         # compiled metrics', which Keras builds there when no distribution strategy is set.
         model.optimizer.build(model.trainable_variables)
         _build_compiled_metrics(model, self.data.num_classes, one_hot=bool(training["label_smoothing"]))
+        _train_in_one_function(model)
         if checkpoint_dir is not None:
             best.resume(model)
             # after _BestEpoch, so the curve and the best weights are on disk before the epoch counts as done
@@ -248,6 +249,44 @@ def _build_compiled_metrics(model, num_classes: int, *, one_hot: bool) -> None:
     y_true = y_pred if one_hot else np.zeros((1,), dtype="int32")
     model.compute_metrics(None, y_true, y_pred)
     model.reset_metrics()
+
+
+def _train_in_one_function(model) -> None:
+    """Have `fit` trace a new model's training step into one `tf.function`, not Keras's two nested ones.
+
+    Keras's TensorFlow trainer puts the step (forward pass, loss, gradients, update, metrics) in a
+    `tf.function` of its own, so that `jit_compile` can apply to it alone, and calls it from a second
+    one that reads the iterator. Every new model traces both, and the outer graph captures again every
+    variable the inner one captured (123 more graph operations on the seed's CNN, and a second function
+    for TensorFlow to instantiate). Without XLA nothing needs the inner function: here Keras's own
+    `train_step`, under the model's distribution strategy, is traced straight into the function that
+    reads the iterator, the same operations in one graph. Keras's functions stay under `jit_compile`,
+    with `steps_per_execution` above 1, under a distribution strategy, when running eagerly, and for
+    input that is not a tf.data iterator (`train_on_batch`'s). Set after the last `compile`, which
+    resets it (benchmarks/bench_train_function.py, docs/performance.md)."""
+    import tensorflow as tf
+
+    model.make_train_function(force=True)
+    keras_function = model.train_function
+    default_strategy = not tf.distribute.has_strategy() and model.distribute_strategy is tf.distribute.get_strategy()
+    if model.jit_compile or model.steps_per_execution != 1 or model.run_eagerly or not default_strategy:
+        return
+
+    @tf.autograph.experimental.do_not_convert
+    def training_step_on_iterator(iterator):
+        # Keras's step reads a missing part of a batch (sample weights) as None, not as an empty Optional
+        data = keras.tree.map_structure(lambda part: None if isinstance(part, tf.experimental.Optional) else part,
+                                        iterator.get_next())
+        return model.distribute_strategy.run(model.train_step, args=(data,))
+
+    step = tf.function(training_step_on_iterator, reduce_retracing=True)
+
+    def train_function(iterator):
+        if isinstance(iterator, tf.data.Iterator):
+            return step(iterator)
+        return keras_function(iterator)
+
+    model.train_function = train_function
 
 
 def _function_call_options():
