@@ -90,7 +90,7 @@ def test_a_trial_traces_its_training_step_as_one_function_and_trains_as_keras_do
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-def test_the_one_function_step_leaves_keras_its_own_where_it_needs_it():
+def test_the_one_function_step_leaves_keras_its_own_where_it_needs_it(monkeypatch):
     import keras
     import tensorflow as tf
 
@@ -112,7 +112,17 @@ def test_the_one_function_step_leaves_keras_its_own_where_it_needs_it():
     before = m.get_weights()[0].copy()
     loss = m.train_on_batch(np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"))
     assert np.isfinite(loss) and not np.array_equal(m.get_weights()[0], before)
-    # fit reads a tf.data iterator: the one function
-    history = m.fit(tf.data.Dataset.from_tensors((np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"))),
-                    epochs=2, shuffle=False, verbose=0)
+    # fit reads a tf.data iterator: the one function, which trains as Keras's does, even over epochs of unknown length
+    keras_own = model()
+    keras_own.set_weights(m.get_weights())
+    batches = tf.data.Dataset.from_tensors((np.ones((4, 3), "float32"), np.zeros((4, 2), "float32"))).repeat(3)
+    unknown_length = batches.filter(lambda x, y: True)
+    traced = _traced_graphs(monkeypatch)
+    history = m.fit(unknown_length, epochs=2, shuffle=False, verbose=0)
+    assert [name for name in traced if "step" in name] == ["training_step_on_iterator"]
+    keras_history = keras_own.fit(unknown_length, epochs=2, shuffle=False, verbose=0)
     assert history.history["loss"][1] < history.history["loss"][0]
+    np.testing.assert_allclose(history.history["loss"], keras_history.history["loss"], rtol=1e-6)
+    assert int(m.optimizer.iterations) - 1 == int(keras_own.optimizer.iterations) > 0  # less train_on_batch's step
+    for ours, theirs in zip(m.get_weights(), keras_own.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6)
