@@ -6,12 +6,12 @@ import math
 
 import numpy as np
 import pytest
-from tensorflow.python.framework import func_graph
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.eager import context
+from tensorflow.python.framework import func_graph
 
-from search.data import load_fer2013
 import search.objective
+from search.data import load_fer2013
 from search.objective import Objective
 from search.space import load_space
 
@@ -90,6 +90,7 @@ def test_a_trial_traces_its_training_step_as_one_function_and_trains_as_keras_do
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:Your input ran out of data")  # how Keras ends an epoch of unknown length
 def test_the_one_function_step_leaves_keras_its_own_where_it_needs_it(monkeypatch):
     import keras
     import tensorflow as tf
