@@ -27,19 +27,30 @@ from bench_optimizer import first_and_steady
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    def describe(keras, name: str, batches) -> None:
+        for kind in ("fused", "keras"):
+            print(f"  traced training step, {kind}: {graph_ops(keras, kind, name)} graph ops")
+
+    return compare("bench_batchnorm", __doc__, argv, ("keras", "fused"), ("keras", "fused"), measure, describe)
+
+
+def compare(benchmark: str, doc: str, argv: list[str] | None, kinds: tuple[str, str], labels: tuple[str, str],
+            measure, describe=None) -> int:
+    """The whole of a benchmark comparing two ways of training MODELS (its `main`): for each model chosen,
+    `describe(keras, name, batches)` if given (figures of its own), then `measure(keras, kind, name, batches,
+    val)` for both `kinds`, --rounds times (`alternate`), and their medians and ratios under `labels`."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     args, models = parse_pairs(p, argv)
-    with benchlib.Machine("bench_batchnorm"):
+    with benchlib.Machine(benchmark):
         import keras
 
         batches, val = real_batches(args.data, args.steps)
         for name in models:
             print(f"\n{name}: {MODELS[name][0]}")
-            for kind in ("fused", "keras"):
-                print(f"  traced training step, {kind}: {graph_ops(keras, kind, name)} graph ops")
-            medians = alternate(("keras", "fused"), name, args, batches, val,
-                                lambda kind, b, v: measure(keras, kind, name, b, v))
-            print_ratios(("keras", "fused"), medians, args.rounds)
+            if describe is not None:
+                describe(keras, name, batches)
+            medians = alternate(kinds, name, args, batches, val, lambda kind, b, v: measure(keras, kind, name, b, v))
+            print_ratios(labels, medians, args.rounds)
     return 0
 
 

@@ -14,27 +14,14 @@ without it in the same run. Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 
-import benchlib
-from bench_batchnorm import MODELS, alternate, build, parse_pairs, print_ratios, real_batches, time_model
+from bench_batchnorm import build, compare, time_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args, models = parse_pairs(p, argv)
-    with benchlib.Machine("bench_grappler"):
-        import keras
-
-        batches, val = real_batches(args.data, args.steps)
-        for name in models:
-            print(f"\n{name}: {MODELS[name][0]}")
-            medians = alternate(("grappler", "without"), name, args, batches, val,
-                                lambda kind, b, v: measure(keras, kind, name, b, v))
-            print_ratios(("Grappler", "without"), medians, args.rounds)
-    return 0
+    return compare("bench_grappler", __doc__, argv, ("grappler", "without"), ("Grappler", "without"), measure)
 
 
 def measure(keras, kind: str, name: str, batches, val) -> tuple[float, float, float]:

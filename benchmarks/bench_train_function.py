@@ -17,31 +17,21 @@ same run. Prints figures; asserts nothing.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
-import benchlib
-from bench_batchnorm import MODELS, alternate, build, parse_pairs, print_ratios, real_batches, time_model
+from bench_batchnorm import build, compare, time_model
 
 KINDS = ("keras", "one")  # Keras's two nested functions, the trial's one
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    args, models = parse_pairs(p, argv)
-    with benchlib.Machine("bench_train_function"):
-        import keras
+    def describe(keras, name: str, batches) -> None:
+        for kind in KINDS:
+            graphs = traced_ops(keras, kind, name, batches.take(1))
+            print(f"  graph operations the first fit traces, {kind}: {sum(graphs.values())} "
+                  f"({', '.join(f'{graph} {ops}' for graph, ops in graphs.items())})")
 
-        batches, val = real_batches(args.data, args.steps)
-        for name in models:
-            print(f"\n{name}: {MODELS[name][0]}")
-            for kind in KINDS:
-                graphs = traced_ops(keras, kind, name, batches.take(1))
-                print(f"  graph operations the first fit traces, {kind}: {sum(graphs.values())} "
-                      f"({', '.join(f'{graph} {ops}' for graph, ops in graphs.items())})")
-            medians = alternate(KINDS, name, args, batches, val, lambda kind, b, v: measure(keras, kind, name, b, v))
-            print_ratios(("Keras's two", "one"), medians, args.rounds)
-    return 0
+    return compare("bench_train_function", __doc__, argv, KINDS, ("Keras's two", "one"), measure, describe)
 
 
 def new_model(keras, kind: str, name: str):
@@ -51,7 +41,7 @@ def new_model(keras, kind: str, name: str):
 
     model = build(keras, "fused", name)
     model.optimizer.build(model.trainable_variables)
-    _build_compiled_metrics(model, 7, one_hot=False)
+    _build_compiled_metrics(model, model.output_shape[-1], one_hot=False)
     if kind == "one":
         _train_in_one_function(model)
     return model
